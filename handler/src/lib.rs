@@ -1,0 +1,7 @@
+//! tcmu-prd: a TCMU backstore handler for LIO that implements SCSI-3
+//! persistent reservations itself and keeps them consistent across LIO nodes
+//! through the Linux DLM. See ARCHITECTURE.md for the map of this crate.
+
+pub mod cluster;
+pub mod logging;
+pub mod uio;
