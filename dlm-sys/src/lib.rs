@@ -9,7 +9,13 @@
 //!
 //! All `unsafe` code that talks to libdlm lives in this crate.
 
-#[allow(non_camel_case_types, non_upper_case_globals, dead_code, clippy::all, clippy::pedantic)]
+#[allow(
+    non_camel_case_types,
+    non_upper_case_globals,
+    dead_code,
+    clippy::all,
+    clippy::pedantic
+)]
 pub mod raw {
     include!("bindings.rs");
 }
@@ -122,7 +128,9 @@ impl fmt::Display for Error {
             Error::Os { op, source } => write!(f, "{op}: {source}"),
             Error::Cancelled => f.write_str("lock request cancelled"),
             Error::WouldBlock => f.write_str("lock not granted at once (NOQUEUE)"),
-            Error::TimedOut { op, after } => write!(f, "{op}: no answer from the DLM within {after:?}"),
+            Error::TimedOut { op, after } => {
+                write!(f, "{op}: no answer from the DLM within {after:?}")
+            }
             Error::BadName(n) => write!(f, "invalid DLM name {n:?}"),
             Error::Unavailable(why) => f.write_str(why),
         }
@@ -139,7 +147,10 @@ impl std::error::Error for Error {
 }
 
 fn os(op: &'static str) -> Error {
-    Error::Os { op, source: io::Error::last_os_error() }
+    Error::Os {
+        op,
+        source: io::Error::last_os_error(),
+    }
 }
 
 /// Checks the node-level prerequisites of a user-space lockspace and says
@@ -148,7 +159,10 @@ fn os(op: &'static str) -> Error {
 /// point of configfs, normally `/sys/kernel/config`.
 pub fn check_node(configfs: &Path) -> Result<(), Error> {
     let misc = std::fs::read_to_string("/proc/misc").unwrap_or_default();
-    if !misc.lines().any(|l| l.split_whitespace().nth(1) == Some("dlm-control")) {
+    if !misc
+        .lines()
+        .any(|l| l.split_whitespace().nth(1) == Some("dlm-control"))
+    {
         return Err(Error::Unavailable(
             "the dlm kernel module is not loaded (no dlm-control in /proc/misc): run `modprobe dlm`".into(),
         ));
@@ -185,7 +199,10 @@ pub struct Lockspace {
 
 impl fmt::Debug for Lockspace {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Lockspace").field("name", &self.inner.name).field("fd", &self.inner.fd).finish()
+        f.debug_struct("Lockspace")
+            .field("name", &self.inner.name)
+            .field("fd", &self.inner.fd)
+            .finish()
     }
 }
 
@@ -203,10 +220,14 @@ impl Lockspace {
             let e = io::Error::last_os_error();
             if e.raw_os_error() == Some(libc::EUNATCH) {
                 return Err(Error::Unavailable(
-                    "the kernel says no dlm_controld is attached (EUNATCH): start dlm_controld".into(),
+                    "the kernel says no dlm_controld is attached (EUNATCH): start dlm_controld"
+                        .into(),
                 ));
             }
-            return Err(Error::Os { op: "dlm_create_lockspace", source: e });
+            return Err(Error::Os {
+                op: "dlm_create_lockspace",
+                source: e,
+            });
         }
         // SAFETY: `handle` is a live lockspace handle returned just above.
         let fd = unsafe { raw::dlm_ls_get_fd(handle) };
@@ -216,7 +237,13 @@ impl Lockspace {
             unsafe { raw::dlm_close_lockspace(handle) };
             return Err(e);
         }
-        Ok(Lockspace { inner: Rc::new(LsInner { handle, name: cname, fd }) })
+        Ok(Lockspace {
+            inner: Rc::new(LsInner {
+                handle,
+                name: cname,
+                fd,
+            }),
+        })
     }
 
     /// The fd to poll for readability; call [`Lockspace::dispatch`] then.
@@ -236,13 +263,21 @@ impl Lockspace {
         // SAFETY: the fd belongs to this lockspace; ASTs it runs only touch
         // `LockState`s that stay allocated while a request is outstanding.
         let rc = unsafe { raw::dlm_dispatch(self.inner.fd) };
-        if rc < 0 { Err(os("dlm_dispatch")) } else { Ok(()) }
+        if rc < 0 {
+            Err(os("dlm_dispatch"))
+        } else {
+            Ok(())
+        }
     }
 
     /// Waits up to `timeout` for the fd to become readable, then dispatches.
     /// Returns whether anything was dispatched.
     pub fn poll_dispatch(&self, timeout: Duration) -> Result<bool, Error> {
-        let mut pfd = libc::pollfd { fd: self.inner.fd, events: libc::POLLIN, revents: 0 };
+        let mut pfd = libc::pollfd {
+            fd: self.inner.fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
         let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
         // SAFETY: `pfd` is a valid pollfd array of length 1 for the call's duration.
         let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
@@ -251,7 +286,10 @@ impl Lockspace {
             if e.kind() == io::ErrorKind::Interrupted {
                 return Ok(false);
             }
-            return Err(Error::Os { op: "poll", source: e });
+            return Err(Error::Os {
+                op: "poll",
+                source: e,
+            });
         }
         if rc == 0 {
             return Ok(false);
@@ -263,13 +301,20 @@ impl Lockspace {
     /// Leaves the lockspace (and removes it if no other process uses it).
     /// `force` drops locks that are still held.
     pub fn release(self, force: bool) -> Result<(), Error> {
-        let inner = Rc::try_unwrap(self.inner)
-            .map_err(|_| Error::Unavailable("lockspace still has locks; release them first".into()))?;
+        let inner = Rc::try_unwrap(self.inner).map_err(|_| {
+            Error::Unavailable("lockspace still has locks; release them first".into())
+        })?;
         // SAFETY: we own the last reference to the handle; it is not used afterwards
         // (LsInner's Drop is skipped by forgetting it below).
-        let rc = unsafe { raw::dlm_release_lockspace(inner.name.as_ptr(), inner.handle, i32::from(force)) };
+        let rc = unsafe {
+            raw::dlm_release_lockspace(inner.name.as_ptr(), inner.handle, i32::from(force))
+        };
         std::mem::forget(inner);
-        if rc != 0 { Err(os("dlm_release_lockspace")) } else { Ok(()) }
+        if rc != 0 {
+            Err(os("dlm_release_lockspace"))
+        } else {
+            Ok(())
+        }
     }
 
     /// A lock object for resource `name`, not yet requested.
@@ -277,7 +322,13 @@ impl Lockspace {
         if name.is_empty() || name.len() > RESOURCE_NAME_MAX {
             return Err(Error::BadName(String::from_utf8_lossy(name).into()));
         }
-        Ok(Lock { ls: self.clone(), name: name.to_vec(), state: LockState::alloc(), granted: None, requested: None })
+        Ok(Lock {
+            ls: self.clone(),
+            name: name.to_vec(),
+            state: LockState::alloc(),
+            granted: None,
+            requested: None,
+        })
     }
 }
 
@@ -414,7 +465,9 @@ impl Lock {
     /// Submits a request for `mode` (a conversion if the lock is held).
     pub fn request(&mut self, mode: Mode, flags: LockFlags) -> Result<(), Error> {
         if self.is_pending() {
-            return Err(Error::Unavailable("a request on this lock is already pending".into()));
+            return Err(Error::Unavailable(
+                "a request on this lock is already pending".into(),
+            ));
         }
         let mut f = 0u32;
         if flags.noqueue {
@@ -469,7 +522,8 @@ impl Lock {
         let requested = self.requested.take();
         match self.lksb().sb_status {
             0 => {
-                let m = requested.ok_or_else(|| Error::Unavailable("no request was made".into()))?;
+                let m =
+                    requested.ok_or_else(|| Error::Unavailable("no request was made".into()))?;
                 self.granted = Some(m);
                 Ok(m)
             }
@@ -479,7 +533,10 @@ impl Lock {
                 self.granted = None;
                 Err(Error::Unavailable("lock was unlocked".into()))
             }
-            s => Err(Error::Os { op: "lock completion", source: io::Error::from_raw_os_error(s) }),
+            s => Err(Error::Os {
+                op: "lock completion",
+                source: io::Error::from_raw_os_error(s),
+            }),
         }
     }
 
@@ -525,9 +582,19 @@ impl Lock {
         // SAFETY: cancelling our own pending request; the completion for it
         // still arrives through the same (live) state.
         let rc = unsafe {
-            raw::dlm_ls_unlock(self.ls.inner.handle, lkid, raw::LKF_CANCEL, self.lksb_ptr(), self.state.as_ptr().cast())
+            raw::dlm_ls_unlock(
+                self.ls.inner.handle,
+                lkid,
+                raw::LKF_CANCEL,
+                self.lksb_ptr(),
+                self.state.as_ptr().cast(),
+            )
         };
-        if rc != 0 { Err(os("dlm_ls_unlock(CANCEL)")) } else { Ok(()) }
+        if rc != 0 {
+            Err(os("dlm_ls_unlock(CANCEL)"))
+        } else {
+            Ok(())
+        }
     }
 
     /// Drops the lock entirely, waiting up to `timeout`. The lock is first
@@ -539,15 +606,32 @@ impl Lock {
             self.wait_pending(timeout, "cancel")?;
             let _ = self.complete();
         }
-        let Some(mode) = self.granted else { return Ok(()) };
+        let Some(mode) = self.granted else {
+            return Ok(());
+        };
         if mode > Mode::Cw {
-            self.wait(Mode::Nl, LockFlags { valblk: true, ..LockFlags::default() }, timeout)?;
+            self.wait(
+                Mode::Nl,
+                LockFlags {
+                    valblk: true,
+                    ..LockFlags::default()
+                },
+                timeout,
+            )?;
         }
         let lkid = self.lksb().sb_lkid;
         self.st().pending.set(true);
         // SAFETY: the lock is granted and idle; its state stays allocated
         // until the unlock completes (or is leaked by Drop).
-        let rc = unsafe { raw::dlm_ls_unlock(self.ls.inner.handle, lkid, 0, self.lksb_ptr(), self.state.as_ptr().cast()) };
+        let rc = unsafe {
+            raw::dlm_ls_unlock(
+                self.ls.inner.handle,
+                lkid,
+                0,
+                self.lksb_ptr(),
+                self.state.as_ptr().cast(),
+            )
+        };
         if rc != 0 {
             self.st().pending.set(false);
             return Err(os("dlm_ls_unlock"));
@@ -556,14 +640,20 @@ impl Lock {
         while self.is_pending() {
             let now = Instant::now();
             if now >= deadline {
-                return Err(Error::TimedOut { op: "unlock", after: timeout });
+                return Err(Error::TimedOut {
+                    op: "unlock",
+                    after: timeout,
+                });
             }
             self.ls.poll_dispatch(deadline - now)?;
         }
         self.granted = None;
         match self.lksb().sb_status {
             s if u32::try_from(s).ok() == Some(raw::EUNLOCK) || s == 0 => Ok(()),
-            s => Err(Error::Os { op: "unlock completion", source: io::Error::from_raw_os_error(s) }),
+            s => Err(Error::Os {
+                op: "unlock completion",
+                source: io::Error::from_raw_os_error(s),
+            }),
         }
     }
 }
@@ -618,7 +708,10 @@ mod tests {
     #[test]
     fn names_are_checked_before_the_kernel_sees_them() {
         assert!(matches!(Lockspace::create(""), Err(Error::BadName(_))));
-        assert!(matches!(Lockspace::create(&"x".repeat(65)), Err(Error::BadName(_))));
+        assert!(matches!(
+            Lockspace::create(&"x".repeat(65)),
+            Err(Error::BadName(_))
+        ));
         assert!(matches!(Lockspace::create("a\0b"), Err(Error::BadName(_))));
     }
 }

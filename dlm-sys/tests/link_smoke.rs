@@ -4,7 +4,10 @@
 fn libdlm_links_and_reports_its_version() {
     let (major, minor, patch) = dlm_sys::library_version();
     // libdlm 4.x in Debian 12; any 3.x or newer library has the lockspace API we use.
-    assert!(major >= 3, "unexpected libdlm version {major}.{minor}.{patch}");
+    assert!(
+        major >= 3,
+        "unexpected libdlm version {major}.{minor}.{patch}"
+    );
 }
 
 #[test]
@@ -14,6 +17,9 @@ fn node_check_names_the_missing_piece() {
     let err = dlm_sys::check_node(&tmp).unwrap_err().to_string();
     // Without the dlm module (the usual case on a build host) the module is
     // named; with it, the missing configfs directory is.
-    assert!(err.contains("modprobe dlm") || err.contains("configfs has no dlm directory"), "{err}");
+    assert!(
+        err.contains("modprobe dlm") || err.contains("configfs has no dlm directory"),
+        "{err}"
+    );
     std::fs::remove_dir_all(&tmp).unwrap();
 }

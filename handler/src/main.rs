@@ -8,7 +8,11 @@ use clap::{Parser, Subcommand};
 use tcmu_prd::{cluster, logging, uio};
 
 #[derive(Parser, Debug)]
-#[command(name = "tcmu-prd", version, about = "TCMU backstore handler for LIO with cluster-wide SCSI persistent reservations")]
+#[command(
+    name = "tcmu-prd",
+    version,
+    about = "TCMU backstore handler for LIO with cluster-wide SCSI persistent reservations"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -44,19 +48,40 @@ fn main() -> ExitCode {
     match cli.command {
         Command::ListDevices { uio_class } => {
             let (found, errors) = uio::discover(&uio_class);
-            println!("{:<8} {:<24} {:<10} {:>12}  cfgstring", "uio", "backstore", "subtype", "map size");
+            println!(
+                "{:<8} {:<24} {:<10} {:>12}  cfgstring",
+                "uio", "backstore", "subtype", "map size"
+            );
             for d in &found {
-                println!("{:<8} {:<24} {:<10} {:>#12x}  {}", d.uio, d.id.to_string(), d.id.subtype, d.map_size, d.id.cfgstring);
+                println!(
+                    "{:<8} {:<24} {:<10} {:>#12x}  {}",
+                    d.uio,
+                    d.id.to_string(),
+                    d.id.subtype,
+                    d.map_size,
+                    d.id.cfgstring
+                );
             }
             for e in &errors {
                 tracing::warn!(device = %e.uio, "unreadable uio device: {}", e.what);
             }
-            if errors.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+            if errors.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
         }
-        Command::CheckDlm { lockspace, timeout, configfs } => {
-            match cluster::selftest::check_dlm(&configfs, &lockspace, Duration::from_secs(timeout)) {
+        Command::CheckDlm {
+            lockspace,
+            timeout,
+            configfs,
+        } => {
+            match cluster::selftest::check_dlm(&configfs, &lockspace, Duration::from_secs(timeout))
+            {
                 Ok(()) => {
-                    println!("DLM check passed: lockspace {lockspace}, LVB round trip and blocking AST OK");
+                    println!(
+                        "DLM check passed: lockspace {lockspace}, LVB round trip and blocking AST OK"
+                    );
                     ExitCode::SUCCESS
                 }
                 Err(e) => {

@@ -43,22 +43,39 @@ impl TcmuName {
     /// be empty (a backstore created without `dev_config`) and may contain `/`.
     pub fn parse(s: &str) -> Result<Self, NameError> {
         let s = s.trim_end_matches('\n');
-        let rest = s.strip_prefix(NAME_PREFIX).and_then(|r| r.strip_prefix('/')).ok_or(NameError::NotTcmu)?;
+        let rest = s
+            .strip_prefix(NAME_PREFIX)
+            .and_then(|r| r.strip_prefix('/'))
+            .ok_or(NameError::NotTcmu)?;
         let mut parts = rest.splitn(4, '/');
-        let hba = parts.next().filter(|p| !p.is_empty()).ok_or(NameError::Missing("hba"))?;
+        let hba = parts
+            .next()
+            .filter(|p| !p.is_empty())
+            .ok_or(NameError::Missing("hba"))?;
         let hba = hba.parse().map_err(|_| NameError::BadHba(hba.into()))?;
-        let name = parts.next().filter(|p| !p.is_empty()).ok_or(NameError::Missing("device name"))?;
+        let name = parts
+            .next()
+            .filter(|p| !p.is_empty())
+            .ok_or(NameError::Missing("device name"))?;
         // A backstore enabled without dev_config has neither subtype nor cfgstring.
         let subtype = parts.next().unwrap_or_default();
         let cfgstring = parts.next().unwrap_or_default();
-        Ok(TcmuName { hba, name: name.into(), subtype: subtype.into(), cfgstring: cfgstring.into() })
+        Ok(TcmuName {
+            hba,
+            name: name.into(),
+            subtype: subtype.into(),
+            cfgstring: cfgstring.into(),
+        })
     }
 
     /// The backstore's directory under LIO's configfs root
     /// (`/sys/kernel/config/target` normally).
     #[must_use]
     pub fn configfs_dir(&self, target_root: &Path) -> PathBuf {
-        target_root.join("core").join(format!("user_{}", self.hba)).join(&self.name)
+        target_root
+            .join("core")
+            .join(format!("user_{}", self.hba))
+            .join(&self.name)
     }
 }
 
@@ -101,20 +118,40 @@ pub fn parse_map_size(s: &str) -> Option<u64> {
 /// Reads one uio device directory (`<class>/uioN`). `Ok(None)` means the
 /// device is not a TCMU device.
 pub fn read_device(dir: &Path) -> Result<Option<UioDevice>, DiscoverError> {
-    let uio = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let err = |what: String| DiscoverError { uio: uio.clone(), what };
-    let minor = uio.strip_prefix("uio").and_then(|n| n.parse().ok()).ok_or_else(|| err("not named uioN".into()))?;
-    let name = fs::read_to_string(dir.join("name")).map_err(|e| err(format!("reading name: {e}")))?;
+    let uio = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let err = |what: String| DiscoverError {
+        uio: uio.clone(),
+        what,
+    };
+    let minor = uio
+        .strip_prefix("uio")
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| err("not named uioN".into()))?;
+    let name =
+        fs::read_to_string(dir.join("name")).map_err(|e| err(format!("reading name: {e}")))?;
     let id = match TcmuName::parse(&name) {
         Ok(id) => id,
         Err(NameError::NotTcmu) => return Ok(None),
         Err(e) => return Err(err(format!("name {:?}: {e}", name.trim_end()))),
     };
     let size_path = dir.join("maps/map0/size");
-    let size = fs::read_to_string(&size_path).map_err(|e| err(format!("reading maps/map0/size: {e}")))?;
-    let map_size =
-        parse_map_size(&size).ok_or_else(|| err(format!("maps/map0/size {:?} is not a hex size", size.trim())))?;
-    Ok(Some(UioDevice { uio, minor, id, map_size }))
+    let size =
+        fs::read_to_string(&size_path).map_err(|e| err(format!("reading maps/map0/size: {e}")))?;
+    let map_size = parse_map_size(&size).ok_or_else(|| {
+        err(format!(
+            "maps/map0/size {:?} is not a hex size",
+            size.trim()
+        ))
+    })?;
+    Ok(Some(UioDevice {
+        uio,
+        minor,
+        id,
+        map_size,
+    }))
 }
 
 /// Lists the TCMU devices under a uio class directory (`/sys/class/uio`),
@@ -148,7 +185,10 @@ mod tests {
         assert_eq!(n.subtype, "dlmfile");
         assert_eq!(n.cfgstring, "/srv/vol1.img");
         assert_eq!(n.to_string(), "user_1/vol1");
-        assert_eq!(n.configfs_dir(Path::new("/sys/kernel/config/target")), Path::new("/sys/kernel/config/target/core/user_1/vol1"));
+        assert_eq!(
+            n.configfs_dir(Path::new("/sys/kernel/config/target")),
+            Path::new("/sys/kernel/config/target/core/user_1/vol1")
+        );
     }
 
     #[test]
@@ -168,9 +208,18 @@ mod tests {
         assert_eq!(TcmuName::parse("uio_pdrv_genirq"), Err(NameError::NotTcmu));
         assert_eq!(TcmuName::parse("tcm-user"), Err(NameError::NotTcmu));
         assert_eq!(TcmuName::parse("tcm-user/"), Err(NameError::Missing("hba")));
-        assert_eq!(TcmuName::parse("tcm-user/x/v/dlmfile/"), Err(NameError::BadHba("x".into())));
-        assert_eq!(TcmuName::parse("tcm-user/1/"), Err(NameError::Missing("device name")));
-        assert_eq!(TcmuName::parse("tcm-user/99999999999/v"), Err(NameError::BadHba("99999999999".into())));
+        assert_eq!(
+            TcmuName::parse("tcm-user/x/v/dlmfile/"),
+            Err(NameError::BadHba("x".into()))
+        );
+        assert_eq!(
+            TcmuName::parse("tcm-user/1/"),
+            Err(NameError::Missing("device name"))
+        );
+        assert_eq!(
+            TcmuName::parse("tcm-user/99999999999/v"),
+            Err(NameError::BadHba("99999999999".into()))
+        );
     }
 
     #[test]
@@ -193,15 +242,26 @@ mod tests {
                 fs::write(d.join("maps/map0/size"), s).unwrap();
             }
         };
-        mk("uio2", "tcm-user/1/b/dlmfile//b.img\n", Some("0x40800000\n"));
+        mk(
+            "uio2",
+            "tcm-user/1/b/dlmfile//b.img\n",
+            Some("0x40800000\n"),
+        );
         mk("uio0", "tcm-user/1/a/dlmfile//a.img\n", Some("0x1000\n"));
         mk("uio1", "some-other-driver\n", None);
         mk("uio3", "tcm-user/1/c/dlmfile//c.img\n", Some("garbage\n"));
         let (found, errors) = discover(&root);
-        assert_eq!(found.iter().map(|d| d.uio.as_str()).collect::<Vec<_>>(), ["uio0", "uio2"]);
+        assert_eq!(
+            found.iter().map(|d| d.uio.as_str()).collect::<Vec<_>>(),
+            ["uio0", "uio2"]
+        );
         assert_eq!(found[1].map_size, 0x4080_0000);
         assert_eq!(errors.len(), 1);
-        assert!(errors[0].to_string().starts_with("uio3: maps/map0/size"), "{}", errors[0]);
+        assert!(
+            errors[0].to_string().starts_with("uio3: maps/map0/size"),
+            "{}",
+            errors[0]
+        );
         fs::remove_dir_all(&root).unwrap();
     }
 }

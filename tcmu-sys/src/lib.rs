@@ -13,7 +13,13 @@
 //! module, which reads the kernel-shared mapping through raw pointers.
 #![no_std]
 
-#[allow(non_camel_case_types, non_upper_case_globals, dead_code, clippy::all, clippy::pedantic)]
+#[allow(
+    non_camel_case_types,
+    non_upper_case_globals,
+    dead_code,
+    clippy::all,
+    clippy::pedantic
+)]
 mod bindings;
 pub use bindings::*;
 

@@ -53,7 +53,11 @@ fn c_layout() -> Vec<(String, usize)> {
         .arg(&src)
         .output()
         .unwrap_or_else(|e| panic!("running {cc}: {e} (scripts/setup installs a C compiler)"));
-    assert!(out.status.success(), "C probe failed to compile: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "C probe failed to compile: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = Command::new(&bin).output().unwrap();
     assert!(out.status.success());
     String::from_utf8(out.stdout)
@@ -80,14 +84,26 @@ fn hand_written_layouts_match_the_c_header() {
         ("hdr.uflags", offset_of!(tcmu_cmd_entry_hdr, uflags)),
         ("entry.size", TCMU_CMD_ENTRY_SIZE),
         ("req.iov_cnt", offset_of!(tcmu_cmd_entry_req, iov_cnt)),
-        ("req.iov_bidi_cnt", offset_of!(tcmu_cmd_entry_req, iov_bidi_cnt)),
-        ("req.iov_dif_cnt", offset_of!(tcmu_cmd_entry_req, iov_dif_cnt)),
+        (
+            "req.iov_bidi_cnt",
+            offset_of!(tcmu_cmd_entry_req, iov_bidi_cnt),
+        ),
+        (
+            "req.iov_dif_cnt",
+            offset_of!(tcmu_cmd_entry_req, iov_dif_cnt),
+        ),
         ("req.cdb_off", offset_of!(tcmu_cmd_entry_req, cdb_off)),
         ("req.iov", TCMU_CMD_ENTRY_IOV_OFFSET),
         ("iovec.size", size_of::<tcmu_iovec>()),
-        ("rsp.scsi_status", offset_of!(tcmu_cmd_entry_rsp, scsi_status)),
+        (
+            "rsp.scsi_status",
+            offset_of!(tcmu_cmd_entry_rsp, scsi_status),
+        ),
         ("rsp.read_len", offset_of!(tcmu_cmd_entry_rsp, read_len)),
-        ("rsp.sense_buffer", offset_of!(tcmu_cmd_entry_rsp, sense_buffer)),
+        (
+            "rsp.sense_buffer",
+            offset_of!(tcmu_cmd_entry_rsp, sense_buffer),
+        ),
         ("tmr.tmr_type", offset_of!(tcmu_tmr_entry, tmr_type)),
         ("tmr.cmd_cnt", offset_of!(tcmu_tmr_entry, cmd_cnt)),
         ("tmr.cmd_ids", TCMU_TMR_ENTRY_CMD_IDS_OFFSET),

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use dlm_sys::{LockFlags, Lockspace, Mode, LVB_LEN};
+use dlm_sys::{LVB_LEN, LockFlags, Lockspace, Mode};
 use tracing::info;
 
 /// What the self-check found.
@@ -24,8 +24,13 @@ pub enum CheckError {
         source: dlm_sys::Error,
     },
     /// The LVB read back differs from the one written.
-    #[error("LVB read back in PR differs from the one written in EX (wrote {wrote:02x?}, read {read:02x?})")]
-    LvbMismatch { wrote: [u8; LVB_LEN], read: [u8; LVB_LEN] },
+    #[error(
+        "LVB read back in PR differs from the one written in EX (wrote {wrote:02x?}, read {read:02x?})"
+    )]
+    LvbMismatch {
+        wrote: [u8; LVB_LEN],
+        read: [u8; LVB_LEN],
+    },
     /// Something the DLM must do did not happen.
     #[error("{0}")]
     Semantics(String),
@@ -36,14 +41,20 @@ pub enum CheckError {
     TimedOut(Duration),
 }
 
-const RESOURCE: &[u8] = b"tcmu-prd:selftest";
-const FLAGS_VAL: LockFlags = LockFlags { noqueue: false, valblk: true, quecvt: false };
+const FLAGS_VAL: LockFlags = LockFlags {
+    noqueue: false,
+    valblk: true,
+    quecvt: false,
+};
 
 /// Runs the check against lockspace `lockspace`, bounded by `timeout`. The
 /// work runs on its own thread so that a DLM that never answers (no quorum)
 /// still ends in a clear error.
 pub fn check_dlm(configfs: &Path, lockspace: &str, timeout: Duration) -> Result<(), CheckError> {
-    dlm_sys::check_node(configfs).map_err(|source| CheckError::Step { step: "node prerequisites", source })?;
+    dlm_sys::check_node(configfs).map_err(|source| CheckError::Step {
+        step: "node prerequisites",
+        source,
+    })?;
     let (tx, rx) = mpsc::channel();
     let name = lockspace.to_owned();
     let step_timeout = timeout;
@@ -65,7 +76,10 @@ fn step<T>(step: &'static str, r: Result<T, dlm_sys::Error>) -> Result<T, CheckE
 }
 
 fn pattern() -> [u8; LVB_LEN] {
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
     let mut lvb = [0u8; LVB_LEN];
     lvb[..16].copy_from_slice(&nanos.to_le_bytes());
     lvb[16..20].copy_from_slice(&std::process::id().to_le_bytes());
@@ -78,29 +92,56 @@ fn run(lockspace: &str, t: Duration) -> Result<(), CheckError> {
     let ls = step("creating lockspace", Lockspace::create(lockspace))?;
     info!(lockspace, fd = ls.fd(), elapsed = ?start.elapsed(), "joined lockspace");
 
-    let mut writer = step("new lock", ls.lock(RESOURCE))?;
+    // Per process, so that checks running at once on other nodes do not
+    // overwrite each other's LVB.
+    let resource = format!("tcmu-prd:selftest:{}:{}", hostname(), std::process::id());
+    let mut writer = step("new lock", ls.lock(resource.as_bytes()))?;
     step("EX lock", writer.wait(Mode::Ex, FLAGS_VAL, t))?;
     let wrote = pattern();
     writer.set_lvb(&wrote);
-    step("EX -> NL down-conversion (writes the LVB)", writer.wait(Mode::Nl, FLAGS_VAL, t))?;
-    info!(lockspace, "wrote LVB under EX and published it by converting to NL");
+    step(
+        "EX -> NL down-conversion (writes the LVB)",
+        writer.wait(Mode::Nl, FLAGS_VAL, t),
+    )?;
+    info!(
+        lockspace,
+        "wrote LVB under EX and published it by converting to NL"
+    );
 
-    let mut reader = step("new lock", ls.lock(RESOURCE))?;
+    let mut reader = step("new lock", ls.lock(resource.as_bytes()))?;
     step("PR lock", reader.wait(Mode::Pr, FLAGS_VAL, t))?;
     let read = reader.lvb();
     if read != wrote {
         return Err(CheckError::LvbMismatch { wrote, read });
     }
     if reader.lvb_invalid() {
-        return Err(CheckError::Semantics("LVB flagged VALNOTVALID though its writer is alive".into()));
+        return Err(CheckError::Semantics(
+            "LVB flagged VALNOTVALID though its writer is alive".into(),
+        ));
     }
     info!(lockspace, "read the LVB back under PR");
 
     // EX with NOQUEUE must be refused while PR is held.
-    match writer.wait(Mode::Ex, LockFlags { noqueue: true, ..FLAGS_VAL }, t) {
+    match writer.wait(
+        Mode::Ex,
+        LockFlags {
+            noqueue: true,
+            ..FLAGS_VAL
+        },
+        t,
+    ) {
         Err(dlm_sys::Error::WouldBlock) => {}
-        Ok(_) => return Err(CheckError::Semantics("EX granted while another holder has PR".into())),
-        Err(e) => return Err(CheckError::Step { step: "EX NOQUEUE conversion", source: e }),
+        Ok(_) => {
+            return Err(CheckError::Semantics(
+                "EX granted while another holder has PR".into(),
+            ));
+        }
+        Err(e) => {
+            return Err(CheckError::Step {
+                step: "EX NOQUEUE conversion",
+                source: e,
+            });
+        }
     }
     // A queued EX must raise a blocking AST on the PR holder, and be granted
     // once it converts down.
@@ -108,22 +149,34 @@ fn run(lockspace: &str, t: Duration) -> Result<(), CheckError> {
     let deadline = Instant::now() + t;
     while !reader.take_blocking() {
         if Instant::now() >= deadline {
-            return Err(CheckError::Semantics("no blocking AST reached the PR holder".into()));
+            return Err(CheckError::Semantics(
+                "no blocking AST reached the PR holder".into(),
+            ));
         }
         step("dispatch", ls.poll_dispatch(Duration::from_millis(100)))?;
     }
     if !writer.is_pending() {
-        return Err(CheckError::Semantics("EX granted before the PR holder stepped down".into()));
+        return Err(CheckError::Semantics(
+            "EX granted before the PR holder stepped down".into(),
+        ));
     }
-    step("PR -> NL after blocking AST", reader.wait(Mode::Nl, FLAGS_VAL, t))?;
+    step(
+        "PR -> NL after blocking AST",
+        reader.wait(Mode::Nl, FLAGS_VAL, t),
+    )?;
     while writer.is_pending() {
         if Instant::now() >= deadline {
-            return Err(CheckError::Semantics("queued EX not granted after the PR holder stepped down".into()));
+            return Err(CheckError::Semantics(
+                "queued EX not granted after the PR holder stepped down".into(),
+            ));
         }
         step("dispatch", ls.poll_dispatch(Duration::from_millis(100)))?;
     }
     step("queued EX grant", writer.complete())?;
-    info!(lockspace, "blocking AST delivered; queued EX granted after PR -> NL");
+    info!(
+        lockspace,
+        "blocking AST delivered; queued EX granted after PR -> NL"
+    );
 
     step("unlock", writer.unlock(t))?;
     step("unlock", reader.unlock(t))?;
@@ -131,4 +184,10 @@ fn run(lockspace: &str, t: Duration) -> Result<(), CheckError> {
     step("leaving lockspace", ls.release(false))?;
     info!(lockspace, elapsed = ?start.elapsed(), "DLM self-check passed");
     Ok(())
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default()
 }

@@ -1,0 +1,118 @@
+# Helpers for VM-tier scenarios (sourced; runs inside the guest).
+# A scenario is a bash script run with -euo pipefail; any failing command
+# fails it. Use `check` for assertions so the log says what was expected.
+
+CONFIGFS=/sys/kernel/config
+TARGET=$CONFIGFS/target
+
+say() { printf '[%s] %s\n' "$(date -u +%T)" "$*"; }
+fail() { say "FAIL: $*"; exit 1; }
+# check DESCRIPTION COMMAND...: runs the command, fails the scenario if it fails.
+check() { local d="$1"; shift; if "$@"; then say "ok: $d"; else fail "$d (command: $*)"; fi; }
+# check_eq DESCRIPTION EXPECTED ACTUAL
+check_eq() { if [ "$2" = "$3" ]; then say "ok: $1 ($3)"; else fail "$1: expected '$2', got '$3'"; fi; }
+# wait_for SECONDS DESCRIPTION COMMAND...: polls until the command succeeds.
+wait_for() {
+  local t="$1" d="$2"; shift 2
+  local end=$(( $(date +%s) + t ))
+  until "$@" >/dev/null 2>&1; do
+    [ "$(date +%s)" -lt "$end" ] || fail "timed out after ${t}s waiting for: $d"
+    sleep 0.5
+  done
+  say "ok: $d"
+}
+
+need_configfs() {
+  modprobe configfs
+  mountpoint -q $CONFIGFS || mount -t configfs none $CONFIGFS
+}
+
+# LIO core, TCMU, fileio, loopback and iSCSI fabrics.
+need_target() {
+  need_configfs
+  local m
+  for m in target_core_mod target_core_user target_core_file tcm_loop iscsi_target_mod; do
+    modprobe "$m" || fail "cannot load kernel module $m"
+  done
+  ip link set lo up
+  [ -d $TARGET/core ] || fail "LIO configfs tree $TARGET/core missing after loading target_core_mod"
+}
+
+# Single-node corosync + dlm_controld (Debian's default corosync.conf is a
+# one-node cluster). Idempotent: later scenarios reuse the running daemons.
+need_dlm() {
+  need_configfs
+  modprobe dlm || fail "cannot load kernel module dlm"
+  ip link set lo up
+  if ! pgrep -x corosync >/dev/null; then
+    mkdir -p /var/log/corosync /var/lib/corosync
+    corosync -f > "$RESULTS/corosync.log" 2>&1 &
+    wait_for 30 "corosync up" corosync-cfgtool -s
+  fi
+  if ! pgrep -x dlm_controld >/dev/null; then
+    mkdir -p /etc/dlm
+    # Test machines only: no fencing device exists in the guest.
+    printf 'enable_fencing=0\nenable_quorum_fencing=0\n' > /etc/dlm/dlm.conf
+    dlm_controld --foreground > "$RESULTS/dlm_controld.log" 2>&1 &
+    wait_for 30 "dlm_controld joined the cluster" test -d $CONFIGFS/dlm/cluster
+  fi
+}
+
+# tcmu_create HBA NAME CONTROL [ATTR=VALUE ...]: a TCMU backstore, enabled.
+tcmu_create() {
+  local hba="$1" name="$2" control="$3"; shift 3
+  local d=$TARGET/core/user_$hba/$name a
+  mkdir -p "$d"
+  echo -n "$control" > "$d/control"
+  for a in "$@"; do echo "${a#*=}" > "$d/attrib/${a%%=*}"; done
+  echo 1 > "$d/enable"
+}
+
+# uio_for NAME: prints uioN of the TCMU device whose backstore is NAME.
+uio_for() {
+  local u
+  for u in /sys/class/uio/uio*; do
+    [ -e "$u/name" ] || continue
+    case "$(cat "$u/name")" in tcm-user/*/"$1"/*|tcm-user/*/"$1") basename "$u"; return 0 ;; esac
+  done
+  return 1
+}
+
+# Removes every LIO object (fabrics first, then backstores, then HBAs).
+lio_teardown() {
+  [ -d $TARGET ] || return 0
+  local f w t l a m
+  for f in $TARGET/*/; do
+    case "$(basename "$f")" in core|dbroot|version) continue ;; esac
+    for w in "$f"*/; do
+      [ -d "$w" ] || continue
+      case "$(basename "$w")" in discovery_auth) continue ;; esac
+      for t in "$w"tpgt_*/; do
+        [ -d "$t" ] || continue
+        [ -f "$t/enable" ] && echo 0 > "$t/enable" 2>/dev/null || true
+        for a in "$t"acls/*/; do
+          [ -d "$a" ] || continue
+          for m in "$a"lun_*/; do [ -d "$m" ] && { find "$m" -maxdepth 1 -type l -delete; rmdir "$m"; }; done
+          rmdir "$a"
+        done
+        for l in "$t"lun/lun_*/; do [ -d "$l" ] && { find "$l" -maxdepth 1 -type l -delete; rmdir "$l"; }; done
+        for a in "$t"np/*/; do [ -d "$a" ] && rmdir "$a"; done
+        rmdir "$t" 2>/dev/null || true
+      done
+      rmdir "$w" 2>/dev/null || true
+    done
+    rmdir "$f" 2>/dev/null || true
+  done
+  for h in $TARGET/core/*_*/; do
+    [ -d "$h" ] || continue
+    for b in "$h"*/; do [ -d "$b" ] && [ "$(basename "$b")" != hba_info ] && rmdir "$b" 2>/dev/null; done
+    rmdir "$h" 2>/dev/null || true
+  done
+}
+
+# Between scenarios: stop our daemons, tear LIO down. The cluster stack stays up.
+vm_cleanup() {
+  pkill -TERM -x tcmu-prd 2>/dev/null && sleep 1
+  pkill -KILL -x tcmu-prd 2>/dev/null || true
+  lio_teardown
+}
