@@ -3,5 +3,6 @@
 //! through the Linux DLM. See ARCHITECTURE.md for the map of this crate.
 
 pub mod cluster;
+pub mod daemon;
 pub mod logging;
 pub mod uio;
