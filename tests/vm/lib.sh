@@ -116,3 +116,49 @@ vm_cleanup() {
   pkill -KILL -x tcmu-prd 2>/dev/null || true
   lio_teardown
 }
+
+# daemon_start NAME [tcmu-prd run args...]: starts `tcmu-prd run` in the
+# background with its log in $ART/NAME.log; waits until it says it is ready.
+# The pid is in $ART/NAME.pid.
+daemon_start() {
+  local name="$1"; shift
+  : > "$ART/$name.log"
+  TCMU_PRD_LOG="${TCMU_PRD_LOG:-info,tcmu_prd=debug}" "$TCMU_PRD" run "$@" >> "$ART/$name.log" 2>&1 &
+  echo $! > "$ART/$name.pid"
+  wait_for 60 "daemon $name ready" grep -q "ready" "$ART/$name.log"
+}
+
+# daemon_stop NAME [SIGNAL]: stops it and waits; prints its exit status.
+daemon_stop() {
+  local pid; pid=$(cat "$ART/$1.pid")
+  kill -"${2:-TERM}" "$pid" 2>/dev/null || true
+  local rc=0
+  wait "$pid" || rc=$?
+  echo "$rc"
+}
+
+# loop_tpg WWN INITIATOR_WWN: a tcm_loop target port with its I_T nexus
+# (tcm_loop has one initiator per TPG). Both names are naa.<16 hex digits>.
+loop_tpg() {
+  mkdir -p "$TARGET/loopback/$1/tpgt_1"
+  echo "$2" > "$TARGET/loopback/$1/tpgt_1/nexus"
+}
+
+# loop_lun WWN LUN BACKSTORE_DIR: exports a backstore as LUN through the
+# tcm_loop TPG (see loop_tpg) and prints the /dev/sdX that appears.
+loop_lun() {
+  local l=$TARGET/loopback/$1/tpgt_1 lun="$2" bs="$3"
+  local before d end
+  before=" $(ls /sys/block | tr '\n' ' ') "
+  mkdir -p "$l/lun/lun_$lun"
+  ln -s "$bs" "$l/lun/lun_$lun/$(basename "$bs")"
+  end=$(( $(date +%s) + 60 ))
+  while [ "$(date +%s)" -lt "$end" ]; do
+    for d in $(ls /sys/block); do
+      case "$before" in *" $d "*) continue ;; esac
+      case "$d" in sd*) [ -b "/dev/$d" ] && { echo "/dev/$d"; return 0; } ;; esac
+    done
+    sleep 0.5
+  done
+  return 1
+}

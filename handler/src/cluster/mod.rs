@@ -1,8 +1,12 @@
 //! Cluster synchronization of PR state (DESIGN.md §4).
 //!
-//! For now this holds the DLM self-check an admin runs to prove that this
-//! node can create a user-space lockspace and pass a lock value block between
-//! lock holders; the lock-manager trait and the state store come with the
+//! - `store`: the durable, two-slot, checksummed state store on shared storage.
+//! - `lvb`: the 32-byte lock value block that names the newest stored state.
+//! - `selftest`: `tcmu-prd check-dlm`, proof that this node's DLM works for us.
+//!
+//! The lock-manager trait (local and DLM) and the state cache come with the
 //! cluster issue.
 
+pub mod lvb;
 pub mod selftest;
+pub mod store;
