@@ -5,4 +5,5 @@
 pub mod cluster;
 pub mod daemon;
 pub mod logging;
+pub mod nexus;
 pub mod uio;

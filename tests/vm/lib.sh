@@ -162,3 +162,35 @@ loop_lun() {
   done
   return 1
 }
+
+# targetcli in the guest needs the system bus and a writable home.
+need_targetcli() {
+  mkdir -p /run/dbus /etc/target
+  pgrep -x dbus-daemon >/dev/null || dbus-daemon --system --fork
+  export TARGETCLI_HOME; TARGETCLI_HOME=$(mktemp -d)
+}
+
+# libiscsi's default and second initiator names (iscsi-test-cu -I).
+INI1=iqn.2007-10.com.github:sahlberg:libiscsi:iscsi-test
+INI2=iqn.2007-10.com.github:sahlberg:libiscsi:iscsi-test-2
+
+# iscsi_target IQN: an iSCSI target on 127.0.0.1:3260 (tpg1).
+iscsi_target() {
+  targetcli /iscsi create "$1" >/dev/null
+  targetcli "/iscsi/$1/tpg1/portals" delete 0.0.0.0 3260 >/dev/null 2>&1 || true
+  targetcli "/iscsi/$1/tpg1/portals" create 127.0.0.1 3260 >/dev/null
+}
+
+# libiscsi_suite OUT TESTS URL [iscsi-test-cu args...]: runs iscsi-test-cu,
+# keeps its output in OUT, and writes OUT.counts with "passed failed skipped"
+# counted from the per-test lines (CUnit counts [SKIPPED] as passed).
+libiscsi_suite() {
+  local out="$1" tests="$2" url="$3"; shift 3
+  iscsi-test-cu -d "$@" -t "$tests" "$url" > "$out" 2>&1 || true
+  local skipped passed failed
+  skipped=$(grep -c '\[SKIPPED\]' "$out" || true)
+  passed=$(grep -Ec '^ +Test: .*\.\.\.passed' "$out" || true)
+  failed=$(grep -Ec '^ +Test: .*\.\.\.FAILED' "$out" || true)
+  echo "$((passed - skipped)) $failed $skipped" > "$out.counts"
+  say "libiscsi $tests: $((passed - skipped)) passed, $failed failed, $skipped skipped"
+}
