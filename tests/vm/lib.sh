@@ -187,10 +187,8 @@ iscsi_target() {
 libiscsi_suite() {
   local out="$1" tests="$2" url="$3"; shift 3
   iscsi-test-cu -d "$@" -t "$tests" "$url" > "$out" 2>&1 || true
-  local skipped passed failed
-  skipped=$(grep -c '\[SKIPPED\]' "$out" || true)
-  passed=$(grep -Ec '^ +Test: .*\.\.\.passed' "$out" || true)
-  failed=$(grep -Ec '^ +Test: .*\.\.\.FAILED' "$out" || true)
-  echo "$((passed - skipped)) $failed $skipped" > "$out.counts"
-  say "libiscsi $tests: $((passed - skipped)) passed, $failed failed, $skipped skipped"
+  python3 "$ROOT/tests/vm/libiscsi_count.py" --tests "$out.tests" "$out" > "$out.counts"
+  local passed failed skipped
+  read -r passed failed skipped < "$out.counts"
+  say "libiscsi $tests: $passed passed, $failed failed, $skipped skipped"
 }
