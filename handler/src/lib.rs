@@ -4,6 +4,7 @@
 
 pub mod cluster;
 pub mod daemon;
+pub mod export;
 pub mod logging;
 pub mod nexus;
 pub mod uio;

@@ -20,8 +20,16 @@ fn filter_for(level: &str) -> EnvFilter {
 /// Installs the global subscriber. Later calls do nothing.
 pub fn init(default_level: &str) {
     let (filter, handle) = reload::Layer::new(filter_for(default_level));
-    let layer = fmt::layer().with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal()).with_target(false);
-    if tracing_subscriber::registry().with(filter).with(layer).try_init().is_ok() {
+    let layer = fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false);
+    if tracing_subscriber::registry()
+        .with(filter)
+        .with(layer)
+        .try_init()
+        .is_ok()
+    {
         let _ = RELOAD.set(handle);
     }
 }
@@ -30,7 +38,9 @@ pub fn init(default_level: &str) {
 /// `info,tcmu_prd::ring=trace`). `TCMU_PRD_LOG`, when set, still wins.
 /// Returns false if the directive is invalid or logging is not initialised.
 pub fn set_level(level: &str) -> bool {
-    let Ok(filter) = EnvFilter::try_new(level) else { return false };
+    let Ok(filter) = EnvFilter::try_new(level) else {
+        return false;
+    };
     let filter = EnvFilter::try_from_env("TCMU_PRD_LOG").unwrap_or(filter);
     RELOAD.get().is_some_and(|h| h.reload(filter).is_ok())
 }
