@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use tcmu_prd::{cluster, logging, uio};
+use tcmu_prd::{cluster, export, logging, uio};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -18,8 +18,99 @@ struct Cli {
     command: Command,
 }
 
+/// Where the views go: iSCSI or tcm_loop.
+#[derive(Subcommand, Debug, Clone)]
+enum ExportFabric {
+    /// iSCSI: one ACL per initiator, each mapping its own view.
+    Iscsi {
+        /// Target IQN (created if missing).
+        #[arg(long)]
+        target: String,
+        /// Target portal group tag.
+        #[arg(long, default_value_t = 1)]
+        tpg: u16,
+        /// Initiator IQN; repeat for each initiator.
+        #[arg(long = "initiator", required = true)]
+        initiators: Vec<String>,
+        /// Portal ip:port to create if missing; repeatable.
+        #[arg(long = "portal")]
+        portals: Vec<String>,
+        /// LUN number the initiators see.
+        #[arg(long, default_value_t = 0)]
+        mapped_lun: u64,
+    },
+    /// tcm_loop: one TPG per initiator (its nexus).
+    Loopback {
+        /// Target WWN, naa. + 16 hex digits.
+        #[arg(long)]
+        wwn: String,
+        /// Initiator WWN (naa. + 16 hex digits); repeat for each initiator.
+        #[arg(long = "initiator", required = true)]
+        initiators: Vec<String>,
+    },
+}
+
+#[derive(clap::Args, Debug, Clone)]
+struct ExportArgs {
+    /// LU name (prefix of the view backstore names).
+    #[arg(long)]
+    lu: String,
+    /// The shared image: a file or block device, absolute path.
+    #[arg(long)]
+    image: PathBuf,
+    /// Size in bytes (default: the image's size).
+    #[arg(long)]
+    size: Option<u64>,
+    /// TCMU HBA index (core/user_<hba>).
+    #[arg(long, default_value_t = 1)]
+    hba: u32,
+    /// Extra cfgstring option key=value; repeatable.
+    #[arg(long = "option")]
+    options: Vec<String>,
+    /// LIO's configfs root.
+    #[arg(long, default_value = "/sys/kernel/config/target")]
+    target_root: PathBuf,
+    #[command(subcommand)]
+    fabric: ExportFabric,
+}
+
+impl ExportArgs {
+    fn spec(&self) -> export::ExportSpec {
+        export::ExportSpec {
+            lu: self.lu.clone(),
+            image: self.image.clone(),
+            size: self.size,
+            hba: self.hba,
+            options: self.options.clone(),
+            fabric: match self.fabric.clone() {
+                ExportFabric::Iscsi {
+                    target,
+                    tpg,
+                    initiators,
+                    portals,
+                    mapped_lun,
+                } => export::FabricSpec::Iscsi {
+                    target,
+                    tpg,
+                    initiators,
+                    portals,
+                    mapped_lun,
+                },
+                ExportFabric::Loopback { wwn, initiators } => {
+                    export::FabricSpec::Loopback { wwn, initiators }
+                }
+            },
+        }
+    }
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Create the per-initiator view layout of an LU in LIO's configfs:
+    /// one TCMU backstore per initiator, each reachable by that initiator only.
+    Export(ExportArgs),
+    /// Remove the views that `export` with the same arguments created.
+    Unexport(ExportArgs),
     /// List the TCMU devices the kernel offers (from /sys/class/uio).
     ListDevices {
         /// The uio class directory.
@@ -46,6 +137,34 @@ fn main() -> ExitCode {
     logging::init("info");
     let cli = Cli::parse();
     match cli.command {
+        Command::Export(args) => match export::export(&args.target_root, &args.spec()) {
+            Ok(views) => {
+                println!("{:<48} {:<28} tpg lun", "initiator", "view backstore");
+                for v in views {
+                    let bs = v
+                        .backstore
+                        .strip_prefix(args.target_root.join("core"))
+                        .unwrap_or(&v.backstore);
+                    let lun = v
+                        .tpg_lun
+                        .strip_prefix(&args.target_root)
+                        .unwrap_or(&v.tpg_lun);
+                    println!("{:<48} {:<28} {}", v.initiator, bs.display(), lun.display());
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                tracing::error!(lu = %args.lu, "export failed: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Unexport(args) => match export::unexport(&args.target_root, &args.spec()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!(lu = %args.lu, "unexport failed: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::ListDevices { uio_class } => {
             let (found, errors) = uio::discover(&uio_class);
             println!(
