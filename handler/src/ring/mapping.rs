@@ -254,7 +254,7 @@ impl Flags {
     }
     /// Out-of-order completion: required by this ring.
     #[must_use]
-    pub fn ooooc(self) -> bool {
+    pub fn oooc(self) -> bool {
         self.has(TCMU_MAILBOX_FLAG_CAP_OOOC)
     }
     /// The kernel honours `rsp.read_len` with `TCMU_UFLAG_READ_LEN`.
@@ -351,7 +351,7 @@ impl Mapping {
             return Err(bad("version", version.into(), "expected 2"));
         }
         let flags = Flags(m.read_u16(offset_of!(tcmu_mailbox, flags)).unwrap_or(0));
-        if !flags.ooooc() {
+        if !flags.oooc() {
             return Err(bad(
                 "flags",
                 flags.0.into(),

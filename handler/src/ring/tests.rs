@@ -77,7 +77,7 @@ fn validates_the_mailbox() {
         (128, 4096, 128 + 4096)
     );
     let f = m.flags();
-    assert!(f.ooooc() && f.read_len() && f.tmr() && f.keep_buf());
+    assert!(f.oooc() && f.read_len() && f.tmr() && f.keep_buf());
 
     let off = |f| offset_of!(tcmu_mailbox, version) + f;
     assert_eq!(mailbox_field(mailbox_variant(|b| b[off(0)] = 1)), "version");
