@@ -7,4 +7,5 @@ pub mod daemon;
 pub mod export;
 pub mod logging;
 pub mod nexus;
+pub mod ring;
 pub mod uio;
