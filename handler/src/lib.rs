@@ -4,4 +4,5 @@
 
 pub mod cluster;
 pub mod logging;
+pub mod pr;
 pub mod uio;
