@@ -97,7 +97,8 @@ fn reserve6_logout_and_lun_reset() {
     let mut lu = Lu::default();
     lu.run(&sd(), &RESERVE6, &[]);
     assert_eq!(
-        lu.run(&sd2(), &[0x56, 0, 0, 0, 0, 0, 0, 0, 0, 0], &[]).status,
+        lu.run(&sd2(), &[0x56, 0, 0, 0, 0, 0, 0, 0, 0, 0], &[])
+            .status,
         Status::ReservationConflict
     );
     assert_eq!(nexus_lost(&lu.state, &sd2()), None);
@@ -114,9 +115,18 @@ fn spc2_meets_persistent_reservations() {
     // from a registrant without a matching PR, conflict (SPC-2 5.5.1).
     let mut lu = Lu::default();
     lu.register(&sd(), KA);
-    assert_eq!(lu.run(&sd2(), &RESERVE6, &[]).status, Status::ReservationConflict);
-    assert_eq!(lu.run(&sd2(), &RELEASE6, &[]).status, Status::ReservationConflict);
-    assert_eq!(lu.run(&sd(), &RESERVE6, &[]).status, Status::ReservationConflict);
+    assert_eq!(
+        lu.run(&sd2(), &RESERVE6, &[]).status,
+        Status::ReservationConflict
+    );
+    assert_eq!(
+        lu.run(&sd2(), &RELEASE6, &[]).status,
+        Status::ReservationConflict
+    );
+    assert_eq!(
+        lu.run(&sd(), &RESERVE6, &[]).status,
+        Status::ReservationConflict
+    );
     // CRH: the PR holder's RESERVE/RELEASE are GOOD no-ops.
     lu.reserve(&sd(), KA, 1);
     let before = lu.state.clone();
@@ -126,7 +136,10 @@ fn spc2_meets_persistent_reservations() {
     }
     // A registrant under a registrants-only reservation: also GOOD no-op.
     lu.register(&sd2(), KB);
-    assert_eq!(lu.run(&sd2(), &RESERVE6, &[]).status, Status::ReservationConflict);
+    assert_eq!(
+        lu.run(&sd2(), &RESERVE6, &[]).status,
+        Status::ReservationConflict
+    );
     assert_eq!(lu.out(&sd(), 4, 5, KA, KA, 0), Status::Good);
     assert_eq!(lu.run(&sd2(), &RESERVE6, &[]).status, Status::Good);
     assert_eq!(lu.state.spc2_holder, None);
