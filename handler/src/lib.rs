@@ -7,5 +7,6 @@ pub mod daemon;
 pub mod export;
 pub mod logging;
 pub mod nexus;
+pub mod pr;
 pub mod ring;
 pub mod uio;
