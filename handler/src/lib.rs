@@ -2,6 +2,8 @@
 //! persistent reservations itself and keeps them consistent across LIO nodes
 //! through the Linux DLM. See ARCHITECTURE.md for the map of this crate.
 
+pub mod backing;
 pub mod cluster;
 pub mod logging;
+pub mod scsi;
 pub mod uio;

@@ -1,0 +1,1 @@
+//! SCSI emulation (in progress).
