@@ -180,7 +180,8 @@ impl FileBacking {
     }
 
     fn needs_bounce(&self, bufs: &[&[u8]], offset: u64) -> bool {
-        self.direct && (offset % self.align as u64 != 0 || !iov::is_aligned(bufs, self.align))
+        self.direct
+            && (!offset.is_multiple_of(self.align as u64) || !iov::is_aligned(bufs, self.align))
     }
 
     fn check_range(&self, offset: u64, len: usize) -> io::Result<()> {
@@ -302,7 +303,7 @@ impl Backing for FileBacking {
             let mut own: Vec<IoSlice<'_>> = bufs.to_vec();
             return self.pwritev_all(&mut own, offset, fua);
         }
-        if total % self.align != 0 || offset % self.align as u64 != 0 {
+        if !total.is_multiple_of(self.align) || !offset.is_multiple_of(self.align as u64) {
             // A partial-block O_DIRECT write would need read-modify-write;
             // the SCSI layer never issues one with block sizes >= dio_align.
             return Err(io::Error::new(

@@ -94,7 +94,7 @@ pub fn is_aligned(bufs: &[&[u8]], align: usize) -> bool {
     align <= 1
         || bufs
             .iter()
-            .all(|b| b.as_ptr().align_offset(align) == 0 && b.len() % align == 0)
+            .all(|b| b.as_ptr().align_offset(align) == 0 && b.len().is_multiple_of(align))
 }
 
 /// A heap buffer whose payload starts at an `align`-byte boundary, for
