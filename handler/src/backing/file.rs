@@ -493,7 +493,7 @@ mod tests {
         b.write_zeroes(0, 4096).unwrap();
         let data = std::fs::read(img.path()).unwrap();
         assert!(data[..4096].iter().all(|&x| x == 0));
-        assert_eq!(b.extent(0).unwrap().mapped, true);
+        assert!(b.extent(0).unwrap().mapped);
     }
 
     #[test]
