@@ -18,6 +18,8 @@ mod sbc;
 mod spc;
 
 #[cfg(test)]
+mod proptests;
+#[cfg(test)]
 mod tests;
 
 use std::io::{IoSlice, IoSliceMut};
