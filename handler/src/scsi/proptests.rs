@@ -160,7 +160,7 @@ proptest! {
             2 => {
                 let mut l = vec![0u8; 8];
                 l.extend(&body);
-                let n = (body.len() / 16 * 16) as u16;
+                let n = u16::try_from(body.len() / 16 * 16).unwrap_or(0);
                 l[0..2].copy_from_slice(&(n + 6).to_be_bytes());
                 l[2..4].copy_from_slice(&n.to_be_bytes());
                 let n = l.len(); for (i, b) in head.iter().enumerate() { l[i % n] ^= b & 0x03; }
