@@ -85,6 +85,17 @@ fn direct_io_with_ring_like_and_unaligned_buffers() {
         assert_eq!((r.status, r.data_in_len), (status::GOOD, 12288));
         r1.extend(r2);
         assert_eq!(r1, on_disk[..12288]);
+        // A short data-in buffer (underflow) gets what fits, through the
+        // O_DIRECT bounce path.
+        let mut short = vec![0u8; 700];
+        let r = exec(
+            &lu,
+            &cdb10(0x28, 0, 0, blocks),
+            &[],
+            &mut [IoSliceMut::new(&mut short)],
+        );
+        assert_eq!((r.status, r.data_in_len), (status::GOOD, 700));
+        assert_eq!(short, on_disk[..700]);
         // VERIFY with byte check against the file contents.
         let r = exec(
             &lu,

@@ -147,6 +147,9 @@ pub struct LuConfig {
     pub max_write_same_len: u64,
     /// VPD 0xB0 MAXIMUM COMPARE AND WRITE LENGTH (blocks).
     pub max_compare_write_len: u8,
+    /// READ CAPACITY(16) LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT (e.g.
+    /// 3 for 512-byte blocks on a 4 KiB-block filesystem), 0..=15.
+    pub lbppbe: u8,
     /// VPD 0xB1 MEDIUM ROTATION RATE (0 = not reported, 1 = non-rotating).
     pub rotation_rate: u16,
     /// INQUIRY TPGS field (0 = no ALUA; 1 = implicit, answered by caller).
@@ -171,6 +174,7 @@ impl LuConfig {
             unmap_granularity: 1,
             max_write_same_len: 0xffff,
             max_compare_write_len: 1,
+            lbppbe: 0,
             rotation_rate: 0,
             tpgs: 0,
             report_pr_commands: false,
@@ -195,6 +199,9 @@ pub enum ConfigError {
         /// Its limit.
         max: usize,
     },
+    /// The physical block exponent does not fit its 4-bit field.
+    #[error("logical blocks per physical block exponent {0} exceeds 15")]
+    Exponent(u8),
     /// hw_max_sectors is zero.
     #[error("hw_max_sectors must be at least 1")]
     MaxSectors,
@@ -233,6 +240,9 @@ impl Lu {
     pub fn new(cfg: LuConfig, backing: Arc<dyn Backing>) -> Result<Self, ConfigError> {
         if !cfg.block_size.is_power_of_two() || !(512..=65536).contains(&cfg.block_size) {
             return Err(ConfigError::BlockSize(cfg.block_size));
+        }
+        if cfg.lbppbe > 15 {
+            return Err(ConfigError::Exponent(cfg.lbppbe));
         }
         if cfg.hw_max_sectors == 0 {
             return Err(ConfigError::MaxSectors);

@@ -71,9 +71,12 @@ impl Lu {
         if len == 0 {
             return Ok(0);
         }
-        let have = iov::total_len_mut(din);
-        if have < len {
-            return Err(ScsiError::BufferLength { have, need: len });
+        // A data-in buffer shorter than the transfer is an underflow (the
+        // initiator expected less): fill what fits, the transport reports
+        // the residual, as LIO does for READs.
+        let len = len.min(iov::total_len_mut(din));
+        if len == 0 {
+            return Ok(0);
         }
         // FUA on a read needs nothing extra: the page cache (if any) is
         // coherent with the medium, so the data returned is the same.

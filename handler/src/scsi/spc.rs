@@ -181,6 +181,7 @@ impl Lu {
         let mut d = [0u8; 32];
         d[..8].copy_from_slice(&self.capacity().0.saturating_sub(1).to_be_bytes());
         d[8..12].copy_from_slice(&self.cfg.block_size.to_be_bytes());
+        d[13] = self.cfg.lbppbe & 0x0f;
         if self.lbp() {
             d[14] = 0x80 | 0x40; // LBPME, LBPRZ
         }

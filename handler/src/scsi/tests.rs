@@ -311,6 +311,9 @@ fn read_capacity() {
     assert_eq!(&d[..8], &(BLOCKS as u64 - 1).to_be_bytes());
     assert_eq!(&d[8..12], &512u32.to_be_bytes());
     assert_eq!(d[14] & 0xc0, 0xc0); // LBPME, LBPRZ
+    assert_eq!(d[13], 0);
+    let t8 = setup_with(|c| c.lbppbe = 3);
+    assert_eq!(t8.ok(&cdb16(0x9e, 0x10, 0, 32), &[])[13], 3);
     assert_eq!(t.ok(&cdb16(0x9e, 0x10, 0, 12), &[]), d[..12]);
     let t = setup_with(|c| c.thin_provisioning = false);
     assert_eq!(t.ok(&cdb16(0x9e, 0x10, 0, 32), &[])[14], 0);
@@ -461,9 +464,14 @@ fn read_write_errors() {
         &pattern(1, 0),
         sense::INVALID_FIELD_IN_COMMAND_IU,
     );
-    // Data-in buffer shorter than the CDB implies.
-    let (r, _) = t.run_in(&cdb10(0x28, 0, 0, 2), &[], BS);
-    assert_eq!(r.sense.unwrap().code(), sense::INVALID_FIELD_IN_COMMAND_IU);
+    // Data-in buffer shorter than the CDB implies: an underflow, the
+    // buffer is filled and the length says how much.
+    t.ok(&cdb10(0x2a, 0, 0, 2), &pattern(2, 6));
+    for have in [0, 1, BS, BS + 7] {
+        let (r, d) = t.run_in(&cdb10(0x28, 0, 0, 2), &[], have);
+        assert_eq!((r.status, r.data_in_len), (status::GOOD, have));
+        assert_eq!(d, pattern(2, 6)[..have]);
+    }
 }
 
 #[test]
