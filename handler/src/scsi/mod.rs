@@ -169,8 +169,9 @@ impl LuConfig {
             write_cache: true,
             read_only: false,
             thin_provisioning: true,
-            max_unmap_lba_count: 8192,
-            max_unmap_descriptors: 1,
+            // Hole punching is cheap, so let initiators discard in big pieces.
+            max_unmap_lba_count: 1 << 22,
+            max_unmap_descriptors: 256,
             unmap_granularity: 1,
             max_write_same_len: 0xffff,
             max_compare_write_len: 1,

@@ -401,7 +401,7 @@ impl Lu {
         let mut cur = lba.0;
         while cur < cap && descs.len() < max {
             let ext = self.backing.extent(cur * bs).map_err(ScsiError::Read)?;
-            let end_byte = cur * bs + ext.len;
+            let end_byte = (cur * bs).saturating_add(ext.len);
             // A block is unmapped only if all of it is; a partly mapped block
             // counts as mapped.
             let mut end = if ext.mapped {

@@ -38,6 +38,7 @@ fn setup_with(f: impl FnOnce(&mut LuConfig)) -> T {
     let mut cfg = LuConfig::new(BS as u32, identity());
     cfg.hw_max_sectors = 1024;
     cfg.max_unmap_descriptors = 4;
+    cfg.max_unmap_lba_count = 8192;
     cfg.max_compare_write_len = 16;
     f(&mut cfg);
     let lu = Lu::new(cfg, mem.clone()).unwrap();
