@@ -9,6 +9,7 @@
 use std::fs::File;
 use std::io::{self, IoSlice, IoSliceMut};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use rustix::fs::{FallocateFlags, FileType, Mode, OFlags, SeekFrom};
 use rustix::io::{Errno, ReadWriteFlags};
@@ -90,7 +91,8 @@ pub enum OpenError {
 #[derive(Debug)]
 pub struct FileBacking {
     file: File,
-    len: u64,
+    /// Exposed size; changes only through [`FileBacking::resize`].
+    len: AtomicU64,
     read_only: bool,
     direct: bool,
     align: usize,
@@ -166,12 +168,34 @@ impl FileBacking {
         };
         Ok(Self {
             file,
-            len,
+            len: AtomicU64::new(len),
             read_only,
             direct: opts.direct,
             align: opts.dio_align,
             block_device,
         })
+    }
+
+    /// Change the exposed size (a live TCMU dev_size reconfiguration).
+    /// Growing past the end of a regular file extends it only if `grow`;
+    /// block devices cannot grow beyond their current size.
+    pub fn resize(&self, size: u64, grow: bool) -> io::Result<()> {
+        let have = if self.block_device {
+            rustix::fs::seek(&self.file, SeekFrom::End(0))?
+        } else {
+            self.file.metadata()?.len()
+        };
+        if size > have {
+            if !grow || self.block_device || self.read_only {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("size {size} exceeds the image's {have} bytes"),
+                ));
+            }
+            self.file.set_len(size)?;
+        }
+        self.len.store(size, Ordering::Release);
+        Ok(())
     }
 
     /// True if opened with O_DIRECT.
@@ -186,7 +210,7 @@ impl FileBacking {
 
     fn check_range(&self, offset: u64, len: usize) -> io::Result<()> {
         match offset.checked_add(len as u64) {
-            Some(end) if end <= self.len => Ok(()),
+            Some(end) if end <= self.len() => Ok(()),
             _ => Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "beyond end of backing",
@@ -260,7 +284,7 @@ impl FileBacking {
 
 impl Backing for FileBacking {
     fn len(&self) -> u64 {
-        self.len
+        self.len.load(Ordering::Acquire)
     }
 
     fn is_read_only(&self) -> bool {
@@ -367,7 +391,8 @@ impl Backing for FileBacking {
     }
 
     fn extent(&self, offset: u64) -> io::Result<Extent> {
-        if offset >= self.len {
+        let size = self.len();
+        if offset >= size {
             return Ok(Extent {
                 mapped: true,
                 len: 0,
@@ -376,25 +401,25 @@ impl Backing for FileBacking {
         if self.block_device {
             return Ok(Extent {
                 mapped: true,
-                len: self.len - offset,
+                len: size - offset,
             });
         }
         let data = match rustix::fs::seek(&self.file, SeekFrom::Data(offset)) {
             Ok(d) => d,
             // ENXIO: no data at or after offset.
-            Err(Errno::NXIO) => self.len,
+            Err(Errno::NXIO) => size,
             Err(e) => return Err(e.into()),
         };
         if data > offset {
             return Ok(Extent {
                 mapped: false,
-                len: data.min(self.len) - offset,
+                len: data.min(size) - offset,
             });
         }
         let hole = rustix::fs::seek(&self.file, SeekFrom::Hole(offset))?;
         Ok(Extent {
             mapped: true,
-            len: hole.min(self.len) - offset,
+            len: hole.min(size) - offset,
         })
     }
 }
@@ -535,6 +560,14 @@ mod tests {
         .unwrap();
         assert_eq!(b.len(), 65536);
         assert_eq!(img.as_file().metadata().unwrap().len(), 65536);
+        // Live resize: shrink, refuse to grow without permission, grow.
+        b.resize(8192, false).unwrap();
+        assert_eq!(b.len(), 8192);
+        assert!(b.resize(1 << 20, false).is_err());
+        assert_eq!(b.len(), 8192);
+        b.resize(1 << 20, true).unwrap();
+        assert_eq!(b.len(), 1 << 20);
+        assert_eq!(img.as_file().metadata().unwrap().len(), 1 << 20);
     }
 
     #[test]
