@@ -252,7 +252,9 @@ impl Lu {
         check_string("vendor", &id.vendor, 8)?;
         check_string("product", &id.product, 16)?;
         check_string("revision", &id.revision, 4)?;
-        check_string("serial", &id.serial, 250)?;
+        // The T10 vendor ID designator holds 8 vendor bytes + the serial in a
+        // one-byte length.
+        check_string("serial", &id.serial, 247)?;
         Ok(Self {
             mode: ModeState {
                 wce: AtomicBool::new(cfg.write_cache),

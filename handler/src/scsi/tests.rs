@@ -1465,6 +1465,24 @@ fn config_validation() {
             ..
         })
     ));
+    let mut id = identity();
+    id.serial = "x".repeat(248);
+    assert!(matches!(
+        Lu::new(LuConfig::new(512, id.clone()), mem.clone()),
+        Err(ConfigError::BadString {
+            field: "serial",
+            ..
+        })
+    ));
+    // The longest serial still yields a well-formed VPD 0x83.
+    id.serial.pop();
+    let t = T {
+        lu: Lu::new(LuConfig::new(512, id), Arc::new(MemBacking::new(4096, 512))).unwrap(),
+        mem: Arc::new(MemBacking::new(0, 512)),
+        port: TargetPort::default(),
+    };
+    let ds = designators(&vpd(&t, 0x83));
+    assert_eq!(ds[1].2.len(), 255);
     assert_eq!(NaaId::new(&[0x60; 8]).unwrap_err(), ConfigError::BadNaa);
     assert_eq!(NaaId::new(&[0x50; 16]).unwrap_err(), ConfigError::BadNaa);
     assert!(NaaId::new(&[0x50; 8]).is_ok());
