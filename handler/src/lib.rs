@@ -2,6 +2,7 @@
 //! persistent reservations itself and keeps them consistent across LIO nodes
 //! through the Linux DLM. See ARCHITECTURE.md for the map of this crate.
 
+pub mod backing;
 pub mod cluster;
 pub mod daemon;
 pub mod export;
@@ -9,4 +10,5 @@ pub mod logging;
 pub mod nexus;
 pub mod pr;
 pub mod ring;
+pub mod scsi;
 pub mod uio;
