@@ -505,3 +505,117 @@ mod tests {
         }
     }
 }
+
+/// Which way a command's data moves: the ring gives one scatter list per
+/// command and does not say, so the caller asks here before handing it to
+/// [`super::Lu::execute`] as data-out or data-in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// No data (or a CDB we reject before touching data).
+    None,
+    /// Initiator to target: WRITE, MODE SELECT, UNMAP, PR OUT, ...
+    ToDevice,
+    /// Target to initiator: READ, INQUIRY, MODE SENSE, PR IN, ...
+    FromDevice,
+}
+
+/// The data direction of `cdb`, from its opcode (and service action where
+/// it matters). Unknown opcodes say [`Direction::None`]: they are answered
+/// with sense data before any transfer.
+#[must_use]
+pub fn direction(cdb: &[u8]) -> Direction {
+    let Some(&op) = cdb.first() else {
+        return Direction::None;
+    };
+    match op {
+        // READ 6/10/12/16, INQUIRY, REQUEST SENSE, MODE SENSE 6/10,
+        // READ CAPACITY 10, PR IN, REPORT LUNS.
+        0x08 | 0x28 | 0xa8 | 0x88 | 0x12 | 0x03 | 0x1a | 0x5a | 0x25 | 0x5e | 0xa0 => {
+            Direction::FromDevice
+        }
+        // SERVICE ACTION IN(16): READ CAPACITY 16, GET LBA STATUS.
+        0x9e => Direction::FromDevice,
+        // MAINTENANCE IN: REPORT TARGET PORT GROUPS, REPORT SUPPORTED OPCODES, ...
+        0xa3 => Direction::FromDevice,
+        // WRITE 6/10/12/16, WRITE AND VERIFY 10/12/16, MODE SELECT 6/10,
+        // UNMAP, COMPARE AND WRITE, PR OUT, MAINTENANCE OUT.
+        0x0a | 0x2a | 0xaa | 0x8a | 0x2e | 0xae | 0x8e | 0x15 | 0x55 | 0x42 | 0x89 | 0x5f
+        | 0xa4 => Direction::ToDevice,
+        // VERIFY 10/12/16: data only with BYTCHK != 0.
+        0x2f | 0xaf | 0x8f => {
+            if cdb.get(1).is_some_and(|b| b & 0x06 != 0) {
+                Direction::ToDevice
+            } else {
+                Direction::None
+            }
+        }
+        // WRITE SAME 10/16: one block of data unless NDOB (16 only).
+        0x41 => Direction::ToDevice,
+        0x93 => {
+            if cdb.get(1).is_some_and(|b| b & 0x01 != 0) {
+                Direction::None
+            } else {
+                Direction::ToDevice
+            }
+        }
+        _ => Direction::None,
+    }
+}
+
+#[cfg(test)]
+mod direction_tests {
+    use super::*;
+
+    #[test]
+    fn directions_of_common_commands() {
+        assert_eq!(direction(&[]), Direction::None);
+        assert_eq!(direction(&[0x00, 0, 0, 0, 0, 0]), Direction::None);
+        assert_eq!(direction(&[0x28; 10]), Direction::FromDevice);
+        assert_eq!(direction(&[0x2a; 10]), Direction::ToDevice);
+        assert_eq!(
+            direction(&[0x5e, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+            Direction::FromDevice
+        );
+        assert_eq!(
+            direction(&[0x5f, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+            Direction::ToDevice
+        );
+        assert_eq!(
+            direction(&[0x2f, 0x00, 0, 0, 0, 0, 0, 0, 1, 0]),
+            Direction::None
+        );
+        assert_eq!(
+            direction(&[0x2f, 0x02, 0, 0, 0, 0, 0, 0, 1, 0]),
+            Direction::ToDevice
+        );
+        assert_eq!(
+            direction(&[0x93, 0x01, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0]),
+            Direction::None
+        );
+        assert_eq!(
+            direction(&[0x93, 0x00, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0]),
+            Direction::ToDevice
+        );
+    }
+
+    /// Every emulated command that takes data-in according to the table must
+    /// be FromDevice here, or the daemon would hand it no buffer.
+    #[test]
+    fn agrees_with_the_opcode_table_for_reads_and_writes() {
+        for info in OPCODES {
+            let mut cdb = info.usage.to_vec();
+            cdb[0] = info.opcode;
+            let d = direction(&cdb);
+            let name = info.name;
+            if name.starts_with("READ")
+                || name.starts_with("INQUIRY")
+                || name.starts_with("MODE SENSE")
+            {
+                assert_eq!(d, Direction::FromDevice, "{name}");
+            }
+            if name.starts_with("WRITE") || name.starts_with("MODE SELECT") || name == "UNMAP" {
+                assert_ne!(d, Direction::FromDevice, "{name}");
+            }
+        }
+    }
+}
