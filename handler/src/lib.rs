@@ -7,6 +7,7 @@ pub mod cluster;
 pub mod daemon;
 pub mod export;
 pub mod logging;
+pub mod lu;
 pub mod nexus;
 pub mod pr;
 pub mod ring;

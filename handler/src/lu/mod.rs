@@ -1,0 +1,5 @@
+//! Logical units and their views: the layer between the ring and the pure
+//! engines (SCSI emulation, PR). Every view of an LU shares one `scsi::Lu`
+//! and one PR state; each view adds its own I_T nexus and target port.
+
+pub mod state;
