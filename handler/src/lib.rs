@@ -3,5 +3,8 @@
 //! through the Linux DLM. See ARCHITECTURE.md for the map of this crate.
 
 pub mod cluster;
+pub mod config;
+pub mod configfs;
 pub mod logging;
+pub mod netlink;
 pub mod uio;
