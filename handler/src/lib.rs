@@ -4,10 +4,13 @@
 
 pub mod backing;
 pub mod cluster;
+pub mod config;
+pub mod configfs;
 pub mod daemon;
 pub mod export;
 pub mod logging;
 pub mod lu;
+pub mod netlink;
 pub mod nexus;
 pub mod pr;
 pub mod ring;

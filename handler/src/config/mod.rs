@@ -1,0 +1,8 @@
+//! Configuration: the per-device cfgstring of the `dlmfile` subtype
+//! ([`cfgstring`]) and the daemon-wide TOML file ([`file`]).
+
+pub mod cfgstring;
+pub mod file;
+
+pub use cfgstring::{CfgError, DeviceConfig, check};
+pub use file::{ClusterMode, Config, ConfigError, DeviceFilter, Glob};
