@@ -233,6 +233,16 @@ impl TcmuNetlink {
                 "datagram of {n} bytes truncated to {}",
                 self.buf.len()
             ))),
+            // Only the kernel (port 0) is listened to: any local process
+            // can send to our port.
+            Ok((_, from)) if from.port_number() != 0 => {
+                tracing::warn!(
+                    port = from.port_number(),
+                    "TCM-USER netlink: datagram not from the kernel ignored"
+                );
+                self.buf.clear();
+                Ok(true)
+            }
             Ok(_) => Ok(true),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
             Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {

@@ -197,10 +197,10 @@ impl From<WireError> for DecodeError {
 
 /// Decodes every message in one datagram from the TCM-USER socket.
 ///
-/// `family` is the resolved TCM-USER family id. Messages not sent by the
-/// kernel (`nlmsg_pid != 0`: any local process can unicast to our port) are
-/// reported as malformed and never acted on. `NLMSG_NOOP`/`DONE`/`OVERRUN`
-/// are skipped. Never panics, whatever the bytes.
+/// `family` is the resolved TCM-USER family id. (`nlmsg_pid` says nothing
+/// about the sender: in the kernel's unicast acks it is *our* port; the
+/// sender is checked on the socket address, see `TcmuNetlink`.)
+/// `NLMSG_NOOP`/`DONE`/`OVERRUN` are skipped. Never panics, whatever the bytes.
 #[must_use]
 pub fn decode_datagram(datagram: &[u8], family: u16) -> Vec<Incoming> {
     let mut out = Vec::new();
@@ -212,13 +212,6 @@ pub fn decode_datagram(datagram: &[u8], family: u16) -> Vec<Incoming> {
                 continue;
             }
         };
-        if msg.pid != 0 {
-            out.push(Incoming::Malformed(DecodeError::bare(format!(
-                "message from port {} (not the kernel) ignored",
-                msg.pid
-            ))));
-            continue;
-        }
         match msg.ty {
             wire::NLMSG_NOOP | wire::NLMSG_DONE | wire::NLMSG_OVERRUN => {}
             wire::NLMSG_ERROR => match wire::error_code(msg.payload) {
@@ -459,7 +452,7 @@ pub fn decode_ctrl(datagram: &[u8], seq: u32) -> Result<Vec<CtrlReply>, DecodeEr
     let mut out = Vec::new();
     for msg in wire::messages(datagram) {
         let msg = msg?;
-        if msg.seq != seq || msg.pid != 0 {
+        if msg.seq != seq {
             continue;
         }
         match msg.ty {
@@ -865,10 +858,15 @@ mod tests {
     }
 
     #[test]
-    fn messages_not_from_the_kernel_or_other_families_are_rejected() {
+    fn messages_of_other_families_are_rejected() {
+        // nlmsg_pid is the destination port in kernel unicasts: not a reason
+        // to drop a message (the sender is checked on the socket address).
         let mut b = encode_event(FAM, &added(), false);
         b[12..16].copy_from_slice(&1234u32.to_ne_bytes());
-        assert!(malformed(&b).to_string().contains("port 1234"));
+        assert!(matches!(
+            decode_datagram(&b, FAM).as_slice(),
+            [Incoming::Event(_)]
+        ));
         let b = encode_event(FAM + 1, &added(), false);
         assert!(malformed(&b).to_string().contains("nlmsg_type"));
     }

@@ -87,7 +87,8 @@ pub struct Message<'a> {
     pub flags: u16,
     /// `nlmsg_seq`.
     pub seq: u32,
-    /// `nlmsg_pid`: the sender's port (0 = the kernel).
+    /// `nlmsg_pid`: for kernel unicasts the destination port (ours), for
+    /// multicasts 0. Not a sender check.
     pub pid: u32,
     /// Bytes after the header, up to `nlmsg_len`.
     pub payload: &'a [u8],
