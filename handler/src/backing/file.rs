@@ -32,7 +32,8 @@ pub struct FileOptions {
     pub size: Option<u64>,
     /// Grow a regular file that is smaller than `size` (otherwise an error).
     pub grow: bool,
-    /// O_DIRECT buffer and offset alignment (power of two).
+    /// O_DIRECT buffer and offset alignment (power of two); 0 = ask the
+    /// kernel (statx STATX_DIOALIGN, 6.1+), else 512.
     pub dio_align: usize,
 }
 
@@ -43,7 +44,7 @@ impl Default for FileOptions {
             read_only: false,
             size: None,
             grow: false,
-            dio_align: 4096,
+            dio_align: 0,
         }
     }
 }
@@ -59,6 +60,14 @@ pub enum OpenError {
         /// The OS error.
         #[source]
         source: io::Error,
+    },
+    /// The file system refuses O_DIRECT (tmpfs, some FUSE file systems).
+    #[error(
+        "{path}: its file system does not support O_DIRECT; put shared images on a file system or device that does, or set direct=0 for a single-node image"
+    )]
+    NoDirectIo {
+        /// The image path.
+        path: PathBuf,
     },
     /// Neither a regular file nor a block device.
     #[error("{0} is neither a regular file nor a block device")]
@@ -107,16 +116,43 @@ fn open_fd(path: &Path, write: bool, direct: bool) -> io::Result<File> {
     Ok(File::from(rustix::fs::open(path, flags, Mode::empty())?))
 }
 
+/// The file offset alignment O_DIRECT needs here: what statx reports
+/// (STATX_DIOALIGN, Linux 6.1+), else the classic 512.
+fn detect_dio_align(file: &File) -> usize {
+    use rustix::fs::{AtFlags, StatxFlags, statx};
+    match statx(file, "", AtFlags::EMPTY_PATH, StatxFlags::DIOALIGN) {
+        Ok(st)
+            if st.stx_mask & StatxFlags::DIOALIGN.bits() != 0 && st.stx_dio_offset_align != 0 =>
+        {
+            let off = usize::try_from(st.stx_dio_offset_align).unwrap_or(4096);
+            let mem = usize::try_from(st.stx_dio_mem_align).unwrap_or(0);
+            off.max(mem).max(512).next_power_of_two()
+        }
+        _ => 512,
+    }
+}
+
+fn libc_einval() -> i32 {
+    Errno::INVAL.raw_os_error()
+}
+
 impl FileBacking {
     /// Open `path`. A file we may not write is opened read-only and
     /// reported write-protected instead of failing.
     pub fn open(path: impl AsRef<Path>, opts: &FileOptions) -> Result<Self, OpenError> {
         let path = path.as_ref();
-        let oe = |source: io::Error| OpenError::Open {
-            path: path.to_owned(),
-            source,
+        let oe = |source: io::Error| {
+            if opts.direct && source.raw_os_error() == Some(libc_einval()) {
+                return OpenError::NoDirectIo {
+                    path: path.to_owned(),
+                };
+            }
+            OpenError::Open {
+                path: path.to_owned(),
+                source,
+            }
         };
-        if !opts.dio_align.is_power_of_two() {
+        if opts.dio_align != 0 && !opts.dio_align.is_power_of_two() {
             return Err(OpenError::BadAlign(opts.dio_align));
         }
         let (file, read_only) = if opts.read_only {
@@ -166,12 +202,17 @@ impl FileBacking {
                 });
             }
         };
+        let align = if opts.dio_align != 0 {
+            opts.dio_align
+        } else {
+            detect_dio_align(&file)
+        };
         Ok(Self {
             file,
             len: AtomicU64::new(len),
             read_only,
             direct: opts.direct,
-            align: opts.dio_align,
+            align,
             block_device,
         })
     }
@@ -196,6 +237,12 @@ impl FileBacking {
         }
         self.len.store(size, Ordering::Release);
         Ok(())
+    }
+
+    /// The O_DIRECT offset/buffer alignment in use.
+    #[must_use]
+    pub fn dio_align(&self) -> usize {
+        self.align
     }
 
     /// True if opened with O_DIRECT.
