@@ -204,6 +204,18 @@ impl UioFd {
         Mapping::new(Box::new(UioMap { ptr, len }))
     }
 
+    /// Makes `wait` return `WouldBlock` instead of sleeping, for an event
+    /// loop that reads the fd only when it polls readable.
+    ///
+    /// # Errors
+    ///
+    /// The fcntl error.
+    pub fn set_nonblocking(&self) -> io::Result<()> {
+        let flags = rustix::fs::fcntl_getfl(&self.file)?;
+        rustix::fs::fcntl_setfl(&self.file, flags | rustix::fs::OFlags::NONBLOCK)?;
+        Ok(())
+    }
+
     /// Consumes one wake-up: reads exactly 4 bytes (the uio event count).
     /// Returns `WouldBlock` on a non-blocking fd with nothing pending.
     ///
