@@ -2,4 +2,9 @@
 //! engines (SCSI emulation, PR). Every view of an LU shares one `scsi::Lu`
 //! and one PR state; each view adds its own I_T nexus and target port.
 
+pub mod resolver;
 pub mod state;
+pub mod view;
+
+pub use resolver::Resolver;
+pub use view::{Lu, Lus, OpenError, View};

@@ -1,0 +1,715 @@
+//! Views and the LUs they share (DESIGN.md §2).
+//!
+//! An [`Lu`] is one backing store with one identity and one PR state; a
+//! [`View`] is one TCMU device of it, serving one I_T nexus. Every command of
+//! a view goes: unit attention -> PR command or conflict check -> SCSI
+//! emulation. Data commands run under the LU's I/O gate in shared mode; PR
+//! OUT and SPC-2 RESERVE/RELEASE take it exclusively, so when a PREEMPT (AND
+//! ABORT) completes no command that was checked against the old state is
+//! still running, and none that starts later can see the old state.
+
+use std::collections::HashMap;
+use std::io::{IoSlice, IoSliceMut};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+
+use tracing::{error, info, warn};
+
+use super::state::{Identity, LuState, StateError};
+use crate::backing::Backing;
+use crate::backing::{FileBacking, FileOptions};
+use crate::cluster::store::{Snapshot, Store, StoreError};
+use crate::config::DeviceConfig;
+use crate::nexus::{self, ViewNexus};
+use crate::pr::{self, TransportId, UaQueues};
+use crate::scsi::{self, LuConfig, LuIdentity, NaaId, SenseCode, SenseInfo};
+
+/// Why an LU or view cannot be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The image could not be opened.
+    #[error("image {path}: {source}")]
+    Backing {
+        path: PathBuf,
+        #[source]
+        source: crate::backing::OpenError,
+        errno: i32,
+    },
+    /// The state store is unusable (corrupt, newer format, I/O).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The state in the store does not decode.
+    #[error("state store {path}: {source}")]
+    State {
+        path: PathBuf,
+        #[source]
+        source: StateError,
+    },
+    /// O_DIRECT on this image needs a larger alignment than the block size.
+    #[error(
+        "image {path} needs {align}-byte aligned O_DIRECT I/O but the LU block size is {block_size}: set attrib/hw_block_size={align} before enabling, or direct=0"
+    )]
+    Misaligned {
+        path: PathBuf,
+        align: usize,
+        block_size: u32,
+    },
+    /// The LU configuration is invalid.
+    #[error("LU configuration: {0}")]
+    Config(#[from] scsi::ConfigError),
+}
+
+impl OpenError {
+    /// The errno for a netlink refusal.
+    #[must_use]
+    pub fn errno(&self) -> i32 {
+        match self {
+            OpenError::Backing { errno, .. } if *errno != 0 => *errno,
+            OpenError::Config(_) | OpenError::Misaligned { .. } => libc::EINVAL,
+            _ => libc::EIO,
+        }
+    }
+}
+
+/// The local state synchroniser: the store and the state it last held.
+#[derive(Debug)]
+struct Local {
+    store: Store,
+    snap: Option<Snapshot>,
+}
+
+/// One logical unit, shared by its views on this node.
+#[derive(Debug)]
+pub struct Lu {
+    image: PathBuf,
+    /// The medium, typed, for live resizing.
+    file: Arc<FileBacking>,
+    scsi: scsi::Lu,
+    sync: Mutex<Local>,
+    state: RwLock<Arc<LuState>>,
+    /// Data commands: shared; PR changes: exclusive.
+    gate: RwLock<()>,
+    uas: Mutex<UaQueues>,
+}
+
+fn store_error_to_sense() -> SenseInfo {
+    // The state could not be made durable: the command did not take effect.
+    SenseInfo::new(scsi::sense::INTERNAL_TARGET_FAILURE)
+}
+
+impl Lu {
+    /// Opens the LU of `cfg`'s image: its backing, its state store (creating
+    /// the identity on first use), and the SCSI emulation over both.
+    pub fn open(
+        cfg: &DeviceConfig,
+        block_size: u32,
+        hw_max_sectors: u32,
+        dev_size: u64,
+        write_cache: bool,
+    ) -> Result<Lu, OpenError> {
+        let opts = FileOptions {
+            direct: cfg.direct,
+            read_only: cfg.read_only,
+            size: Some(dev_size),
+            grow: cfg.grow,
+            ..FileOptions::default()
+        };
+        let backing = FileBacking::open(&cfg.image, &opts).map_err(|source| {
+            let errno = match &source {
+                crate::backing::OpenError::Open { source, .. } => {
+                    source.raw_os_error().unwrap_or(libc::EIO)
+                }
+                crate::backing::OpenError::TooSmall { .. } => libc::ENOSPC,
+                crate::backing::OpenError::BadType(_)
+                | crate::backing::OpenError::NoDirectIo { .. } => libc::EINVAL,
+                _ => libc::EIO,
+            };
+            OpenError::Backing {
+                path: cfg.image.clone(),
+                source,
+                errno,
+            }
+        })?;
+        if backing.is_direct() && (block_size as usize) < backing.dio_align() {
+            return Err(OpenError::Misaligned {
+                path: cfg.image.clone(),
+                align: backing.dio_align(),
+                block_size,
+            });
+        }
+        let store = Store::open(&cfg.state, true, store_direct(&cfg.state))?;
+        let (snap, state) = match store.read()? {
+            Some(snap) => {
+                let st = LuState::decode(&snap.payload).map_err(|source| OpenError::State {
+                    path: cfg.state.clone(),
+                    source,
+                })?;
+                (Some(snap), st)
+            }
+            None => {
+                let id = Identity::generate().map_err(|e| StoreError::Io {
+                    path: cfg.state.clone(),
+                    op: "reading /dev/urandom",
+                    source: e,
+                })?;
+                let st = LuState::new(id);
+                let snap = store.write(None, &st.encode())?;
+                info!(image = %cfg.image.display(), serial = %st.identity.serial, "created LU identity");
+                (Some(snap), st)
+            }
+        };
+        let identity = LuIdentity {
+            naa: NaaId::new(&state.identity.naa)?,
+            serial: cfg
+                .serial
+                .clone()
+                .unwrap_or_else(|| state.identity.serial.clone()),
+            vendor: "LIO-ORG".into(),
+            product: "tcmu-prd".into(),
+            revision: "0001".into(),
+        };
+        let mut lc = LuConfig::new(block_size, identity);
+        lc.hw_max_sectors = hw_max_sectors;
+        lc.write_cache = write_cache;
+        lc.read_only = cfg.read_only;
+        lc.report_pr_commands = true;
+        // Implicit ALUA: we answer REPORT TARGET PORT GROUPS ourselves.
+        lc.tpgs = 1;
+        let file = Arc::new(backing);
+        let backing: Arc<dyn Backing> = file.clone();
+        let scsi = scsi::Lu::new(lc, backing)?;
+        Ok(Lu {
+            image: cfg.image.clone(),
+            file,
+            scsi,
+            sync: Mutex::new(Local { store, snap }),
+            state: RwLock::new(Arc::new(state)),
+            gate: RwLock::new(()),
+            uas: Mutex::new(UaQueues::default()),
+        })
+    }
+
+    /// The image path.
+    #[must_use]
+    pub fn image(&self) -> &Path {
+        &self.image
+    }
+
+    /// Changes the exposed size (TCMU `dev_size` reconfiguration); growing
+    /// a file past its end only if `grow`.
+    pub fn resize(&self, size: u64, grow: bool) -> std::io::Result<()> {
+        self.file.resize(size, grow)
+    }
+
+    /// The SCSI emulation.
+    #[must_use]
+    pub fn scsi(&self) -> &scsi::Lu {
+        &self.scsi
+    }
+
+    /// The current state.
+    #[must_use]
+    pub fn state(&self) -> Arc<LuState> {
+        self.state
+            .read()
+            .map(|s| s.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    /// Applies `f` to the newest state and makes the result durable before
+    /// returning. `f` returns (its result, the new state if it changed).
+    fn update<R>(&self, f: impl FnOnce(&LuState) -> (R, Option<LuState>)) -> Result<R, StoreError> {
+        let mut local = self
+            .sync
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let current = self.state();
+        let (r, new) = f(&current);
+        if let Some(new) = new {
+            let snap = local.store.write(local.snap.as_ref(), &new.encode())?;
+            local.snap = Some(snap);
+            *self
+                .state
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(new);
+        }
+        Ok(r)
+    }
+
+    /// The RTPI of target port `name`, assigning one (durably) if new.
+    pub fn rtpi_for(&self, name: &str) -> Result<u16, StoreError> {
+        if let Some(r) = self.state().rtpi(name) {
+            return Ok(r);
+        }
+        self.update(|s| {
+            let mut n = s.clone();
+            match n.assign_rtpi(name) {
+                Ok(r) => (Some(r), Some(n)),
+                Err(_) => (None, None),
+            }
+        })?
+        .ok_or_else(|| StoreError::Corrupt {
+            path: self.image.clone(),
+            detail: "no RTPI left".into(),
+        })
+    }
+
+    fn target_ports(&self) -> Vec<pr::TargetPort> {
+        self.state()
+            .ports
+            .iter()
+            .map(|(name, &rtpi)| pr::TargetPort {
+                rtpi,
+                name: name.clone(),
+            })
+            .collect()
+    }
+}
+
+/// Whether the store may use O_DIRECT: tmpfs (tests) has none.
+fn store_direct(path: &Path) -> bool {
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    rustix::fs::statfs(dir)
+        .map(|s| s.f_type != 0x0102_1994)
+        .unwrap_or(true)
+}
+
+/// All LUs of this node, by image path, shared by their views.
+#[derive(Debug, Default)]
+pub struct Lus {
+    map: Mutex<HashMap<PathBuf, Weak<Lu>>>,
+}
+
+impl Lus {
+    /// The LU of `cfg.image`, opening it if no view has it open.
+    pub fn get_or_open(
+        &self,
+        cfg: &DeviceConfig,
+        open: impl FnOnce() -> Result<Lu, OpenError>,
+    ) -> Result<Arc<Lu>, OpenError> {
+        let key = std::fs::canonicalize(&cfg.image).unwrap_or_else(|_| cfg.image.clone());
+        let mut map = self
+            .map
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(lu) = map.get(&key).and_then(Weak::upgrade) {
+            return Ok(lu);
+        }
+        let lu = Arc::new(open()?);
+        map.insert(key, Arc::downgrade(&lu));
+        map.retain(|_, w| w.strong_count() > 0);
+        Ok(lu)
+    }
+}
+
+/// The nexus of a view as last resolved.
+#[derive(Debug, Clone)]
+enum Who {
+    /// One I_T nexus, its target port and RTPI.
+    One {
+        nexus: pr::Nexus,
+        port: scsi::TargetPort,
+    },
+    /// Zero or several initiators: the reason, for logs and refusals.
+    Ambiguous(String),
+}
+
+/// One TCMU device of an LU.
+#[derive(Debug)]
+pub struct View {
+    lu: Arc<Lu>,
+    /// For logs: `user_<hba>/<name>`.
+    name: String,
+    target_root: PathBuf,
+    backstore: PathBuf,
+    who: RwLock<Option<Who>>,
+    /// Bumped after every resolution, so a waiter knows a fresh one happened.
+    resolutions: std::sync::atomic::AtomicU64,
+    resolver: Mutex<Option<super::Resolver>>,
+}
+
+/// A stand-in nexus for ambiguous views: registered nowhere, so reservations
+/// apply to it as to any unregistered initiator (fails safe).
+fn anonymous() -> pr::Nexus {
+    pr::Nexus {
+        initiator: TransportId::Iscsi {
+            name: "tcmu-prd.ambiguous-view".into(),
+            isid: Some(0),
+        },
+        rtpi: 0,
+    }
+}
+
+/// The TransportID LIO's initiator name maps to.
+fn transport_id(fabric: &str, initiator: &str) -> TransportId {
+    let hex = |s: &str| u64::from_str_radix(&s.replace(':', ""), 16).ok();
+    match fabric {
+        "iscsi" => TransportId::Iscsi {
+            name: initiator.to_owned(),
+            isid: None,
+        },
+        // tcm_loop's initiator is an naa. name: reported as a SAS address.
+        "loopback" | "sas" => match initiator.strip_prefix("naa.").and_then(hex) {
+            Some(address) => TransportId::Sas { address },
+            None => TransportId::Iscsi {
+                name: initiator.to_owned(),
+                isid: None,
+            },
+        },
+        _ => match hex(initiator.trim_start_matches("naa.")) {
+            Some(wwpn) => TransportId::Fc { wwpn },
+            None => TransportId::Iscsi {
+                name: initiator.to_owned(),
+                isid: None,
+            },
+        },
+    }
+}
+
+fn to_scsi_sense(s: &pr::SenseInfo) -> SenseInfo {
+    SenseInfo {
+        code: SenseCode {
+            key: s.key,
+            asc: s.asc,
+            ascq: s.ascq,
+        },
+        information: None,
+        field: s.field.map(|f| scsi::FieldPointer {
+            in_cdb: f.in_cdb,
+            byte: f.byte,
+            bit: f.bit,
+        }),
+    }
+}
+
+/// Commands a pending unit attention does not block (SAM-5 5.14).
+fn ua_exempt(cdb: &[u8]) -> bool {
+    matches!(cdb.first(), Some(0x12 | 0xa0 | 0x03))
+}
+
+impl View {
+    /// A view of `lu` whose backstore is `backstore` under `target_root`.
+    #[must_use]
+    pub fn new(lu: Arc<Lu>, name: String, target_root: PathBuf, backstore: PathBuf) -> View {
+        View {
+            lu,
+            name,
+            target_root,
+            backstore,
+            who: RwLock::new(None),
+            resolutions: std::sync::atomic::AtomicU64::new(0),
+            resolver: Mutex::new(None),
+        }
+    }
+
+    /// The LU.
+    #[must_use]
+    pub fn lu(&self) -> &Arc<Lu> {
+        &self.lu
+    }
+
+    /// Re-reads the view's nexus from configfs (on first use, on PR commands,
+    /// and periodically: ACLs change without notice).
+    pub fn refresh_nexus(&self) {
+        let who = match nexus::discover(&self.target_root, &self.backstore) {
+            ViewNexus::One(n) => {
+                let port_name = n.target.to_string();
+                match self.lu.rtpi_for(&port_name) {
+                    Ok(rtpi) => Who::One {
+                        nexus: pr::Nexus {
+                            initiator: transport_id(&n.target.fabric, &n.initiator),
+                            rtpi,
+                        },
+                        port: scsi::TargetPort {
+                            rtpi,
+                            tpg: rtpi,
+                            protocol_id: protocol_id(&n.target.fabric),
+                        },
+                    },
+                    Err(e) => {
+                        Who::Ambiguous(format!("cannot assign a relative target port id: {e}"))
+                    }
+                }
+            }
+            ViewNexus::NotExported => {
+                Who::Ambiguous("not exported through any target port yet".into())
+            }
+            ViewNexus::Ambiguous(why) => Who::Ambiguous(why),
+        };
+        let mut cur = self
+            .who
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let changed = match (&*cur, &who) {
+            (Some(Who::One { nexus: a, .. }), Who::One { nexus: b, .. }) => a != b,
+            (Some(Who::Ambiguous(a)), Who::Ambiguous(b)) => a != b,
+            _ => true,
+        };
+        if changed {
+            match &who {
+                Who::One { nexus, .. } => info!(view = %self.name, ?nexus, "serves one I_T nexus"),
+                Who::Ambiguous(why) if why.starts_with("not exported") => {
+                    info!(view = %self.name, "{why}")
+                }
+                Who::Ambiguous(why) => {
+                    warn!(view = %self.name, "ambiguous I_T nexus, PR OUT and RESERVE refused: {why}")
+                }
+            }
+        }
+        *cur = Some(who);
+        self.resolutions
+            .fetch_add(1, std::sync::atomic::Ordering::Release);
+    }
+
+    pub(super) fn set_resolver(&self, r: super::Resolver) {
+        *self
+            .resolver
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(r);
+    }
+
+    /// Asks the resolver for a fresh look at configfs and waits for it, at
+    /// most `bound` (the resolver may itself be waiting on configfs).
+    fn fresh_who(&self, bound: std::time::Duration) -> Who {
+        use std::sync::atomic::Ordering;
+        let resolver = self.resolver.lock().ok().and_then(|r| r.clone());
+        let Some(resolver) = resolver else {
+            return self.who();
+        };
+        let before = self.resolutions.load(Ordering::Acquire);
+        resolver.kick();
+        let deadline = std::time::Instant::now() + bound;
+        while self.resolutions.load(Ordering::Acquire) == before
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        self.who()
+    }
+
+    /// The nexus as last resolved; `None` until the resolver has run once.
+    /// Never touches configfs: a command may be issued by the kernel while a
+    /// configfs operation on this very LUN waits for it (tcm_loop's LUN link
+    /// scans the LUN synchronously), so reading configfs here would deadlock
+    /// until the command times out.
+    fn cached_who(&self) -> Option<Who> {
+        self.who.read().ok().and_then(|w| w.clone())
+    }
+
+    fn who(&self) -> Who {
+        self.cached_who()
+            .unwrap_or(Who::Ambiguous("I_T nexus not resolved yet".into()))
+    }
+
+    /// Whether the nexus has been resolved at least once.
+    #[must_use]
+    pub fn resolved(&self) -> bool {
+        self.cached_who().is_some()
+    }
+
+    /// A short description for `status`: the nexus, or why there is none.
+    #[must_use]
+    pub fn describe_nexus(&self) -> String {
+        match self.who() {
+            Who::One { nexus, .. } => format!("{:?} rtpi {}", nexus.initiator, nexus.rtpi),
+            Who::Ambiguous(why) => format!("ambiguous: {why}"),
+        }
+    }
+
+    fn check(&self, info: &SenseInfo) -> scsi::Response {
+        scsi::Response {
+            status: scsi::sense::status::CHECK_CONDITION,
+            sense: Some(self.lu.scsi.encode_sense(info)),
+            data_in_len: 0,
+        }
+    }
+
+    fn status_only(status: u8) -> scsi::Response {
+        scsi::Response {
+            status,
+            sense: None,
+            data_in_len: 0,
+        }
+    }
+
+    /// Executes one command from this view's initiator.
+    pub fn execute(
+        &self,
+        cdb: &[u8],
+        data_out: &[IoSlice<'_>],
+        data_in: &mut [IoSliceMut<'_>],
+    ) -> scsi::Response {
+        let Some(&op) = cdb.first() else {
+            return self.check(&SenseInfo::new(scsi::sense::INVALID_COMMAND_OPERATION_CODE));
+        };
+        let is_pr = pr::is_pr_command(op);
+        let mut who = self.who();
+        if is_pr && !matches!(who, Who::One { .. }) {
+            // ACLs may have changed since the last look: look again, briefly.
+            who = self.fresh_who(std::time::Duration::from_millis(1500));
+            if !self.resolved() {
+                // Reservations need to know who is asking: let the initiator retry.
+                warn!(view = %self.name, "reservation command before the I_T nexus is known: BUSY");
+                return Self::status_only(scsi::sense::status::BUSY);
+            }
+        }
+        let (nexus, port) = match &who {
+            Who::One { nexus, port } => (nexus.clone(), *port),
+            Who::Ambiguous(_) => (anonymous(), scsi::TargetPort::default()),
+        };
+        if !ua_exempt(cdb) {
+            let ua = self.lu.uas.lock().ok().and_then(|mut q| q.take(&nexus));
+            if let Some(ua) = ua {
+                return self.check(&to_scsi_sense(&ua.sense()));
+            }
+        }
+        if is_pr {
+            return self.execute_pr(&who, &nexus, cdb, data_out, data_in);
+        }
+        if op == 0xa3 && cdb.get(1).map(|b| b & 0x1f) == Some(0x0a) {
+            return self.report_target_port_groups(cdb, data_in);
+        }
+        let _gate = self
+            .lu
+            .gate
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let state = self.lu.state();
+        if pr::check_access(&state.pr, &nexus, cdb) == pr::Access::Conflict {
+            return Self::status_only(scsi::sense::status::RESERVATION_CONFLICT);
+        }
+        self.lu.scsi.execute(&port, cdb, data_out, data_in)
+    }
+
+    fn execute_pr(
+        &self,
+        who: &Who,
+        nexus: &pr::Nexus,
+        cdb: &[u8],
+        data_out: &[IoSlice<'_>],
+        data_in: &mut [IoSliceMut<'_>],
+    ) -> scsi::Response {
+        let changes = cdb[0] != pr::PERSISTENT_RESERVE_IN;
+        if let (true, Who::Ambiguous(why)) = (changes, who) {
+            error!(view = %self.name, "refusing a reservation command: this view's I_T nexus is ambiguous: {why}");
+            return self.check(&SenseInfo::new(scsi::sense::INVALID_COMMAND_OPERATION_CODE));
+        }
+        let mut params = vec![0u8; data_out.iter().map(|s| s.len()).sum()];
+        crate::backing::iov::gather(data_out, 0, &mut params);
+        let ports = self.lu.target_ports();
+        // Exclusive: no data command of this LU runs while the state changes.
+        let _gate = if changes {
+            Some(
+                self.lu
+                    .gate
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner),
+            )
+        } else {
+            None
+        };
+        let result = self.lu.update(|st| {
+            let out = pr::execute(&st.pr, &ports, nexus, cdb, &params);
+            let new = out.new_state.clone().map(|pr| LuState { pr, ..st.clone() });
+            (out, new)
+        });
+        let out = match result {
+            Ok(out) => out,
+            Err(e) => {
+                error!(view = %self.name, "reservation change not made durable, command failed: {e}");
+                return self.check(&store_error_to_sense());
+            }
+        };
+        if !out.unit_attentions.is_empty()
+            && let Ok(mut q) = self.lu.uas.lock()
+        {
+            q.establish(&out.unit_attentions);
+        }
+        if !out.abort.is_empty() {
+            info!(view = %self.name, preempted = out.abort.len(), "PREEMPT AND ABORT: commands of preempted nexuses drained before completion");
+        }
+        match out.status {
+            pr::Status::Good => {
+                let n = crate::backing::iov::scatter(data_in, 0, &out.data_in);
+                scsi::Response::good(n)
+            }
+            pr::Status::ReservationConflict => {
+                Self::status_only(scsi::sense::status::RESERVATION_CONFLICT)
+            }
+            pr::Status::CheckCondition(s) => self.check(&to_scsi_sense(&s)),
+        }
+    }
+
+    /// REPORT TARGET PORT GROUPS (SPC-4 6.36), from the cluster-wide RTPIs:
+    /// one group per target port, each active/optimized, group id = RTPI, so
+    /// that it matches VPD 0x83's target port group designator.
+    fn report_target_port_groups(
+        &self,
+        cdb: &[u8],
+        data_in: &mut [IoSliceMut<'_>],
+    ) -> scsi::Response {
+        if cdb.len() < 12 {
+            return self.check(&SenseInfo::new(scsi::sense::INVALID_FIELD_IN_CDB));
+        }
+        let extended = (cdb[1] >> 5) & 0x7 == 1;
+        let alloc = usize::try_from(u32::from_be_bytes([cdb[6], cdb[7], cdb[8], cdb[9]]))
+            .unwrap_or(usize::MAX);
+        let ports: Vec<u16> = self.lu.state().ports.values().copied().collect();
+        let mut body = Vec::new();
+        for rtpi in ports {
+            // AAS 0 = active/optimized; supported states: AO only (bit 0).
+            body.extend_from_slice(&[0x80, 0x01]);
+            body.extend_from_slice(&rtpi.to_be_bytes());
+            body.extend_from_slice(&[0, 0, 0, 1]); // status, vendor, port count
+            body.extend_from_slice(&[0, 0]);
+            body.extend_from_slice(&rtpi.to_be_bytes());
+        }
+        let mut data = Vec::new();
+        let len = u32::try_from(body.len() + if extended { 4 } else { 0 }).unwrap_or(u32::MAX);
+        data.extend_from_slice(&len.to_be_bytes());
+        if extended {
+            data.extend_from_slice(&[0x10, 0, 0, 0]); // format 1, no implicit transition time
+        }
+        data.extend_from_slice(&body);
+        data.truncate(alloc);
+        let n = crate::backing::iov::scatter(data_in, 0, &data);
+        scsi::Response::good(n)
+    }
+}
+
+fn protocol_id(fabric: &str) -> Option<u8> {
+    match fabric {
+        "iscsi" => Some(5),
+        "loopback" | "sas" => Some(6),
+        "qla2xxx" | "tcm_fc" | "lpfc" => Some(0),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transport_ids_per_fabric() {
+        assert_eq!(
+            transport_id("iscsi", "iqn.x:y"),
+            TransportId::Iscsi {
+                name: "iqn.x:y".into(),
+                isid: None
+            }
+        );
+        assert_eq!(
+            transport_id("loopback", "naa.5001405000000002"),
+            TransportId::Sas {
+                address: 0x5001_4050_0000_0002
+            }
+        );
+        assert_eq!(
+            transport_id("qla2xxx", "21:00:00:24:ff:31:4c:48"),
+            TransportId::Fc {
+                wwpn: 0x2100_0024_ff31_4c48
+            }
+        );
+    }
+}
