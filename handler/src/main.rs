@@ -5,7 +5,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use tcmu_prd::{cluster, export, logging, uio};
+use tcmu_prd::config::{Config, Glob};
+use tcmu_prd::{cluster, daemon, export, logging, uio};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -106,6 +107,19 @@ impl ExportArgs {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run the daemon: serve every TCMU device of subtype dlmfile that the
+    /// config's [devices] filter selects, until SIGTERM.
+    Run {
+        /// Daemon config file (TOML); reloaded on SIGHUP.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Serve only devices on these HBAs (user_<N>); overrides the config; repeatable.
+        #[arg(long = "hba")]
+        hbas: Vec<u32>,
+        /// Serve only backstores whose name matches this glob; overrides the config; repeatable.
+        #[arg(long = "name")]
+        names: Vec<String>,
+    },
     /// Create the per-initiator view layout of an LU in LIO's configfs:
     /// one TCMU backstore per initiator, each reachable by that initiator only.
     Export(ExportArgs),
@@ -137,6 +151,11 @@ fn main() -> ExitCode {
     logging::init("info");
     let cli = Cli::parse();
     match cli.command {
+        Command::Run {
+            config,
+            hbas,
+            names,
+        } => run(config, hbas, names),
         Command::Export(args) => match export::export(&args.target_root, &args.spec()) {
             Ok(views) => {
                 println!("{:<48} {:<28} tpg lun", "initiator", "view backstore");
@@ -209,6 +228,43 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+fn run(config_path: Option<PathBuf>, hbas: Vec<u32>, names: Vec<String>) -> ExitCode {
+    let mut config = match &config_path {
+        Some(p) => match Config::load(p) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!("{e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        None => Config::default(),
+    };
+    logging::set_level(&config.daemon.log_level.0);
+    if !hbas.is_empty() {
+        config.devices.hbas = hbas;
+    }
+    if !names.is_empty() {
+        let globs: Result<Vec<Glob>, String> = names.iter().map(|n| Glob::new(n)).collect();
+        match globs {
+            Ok(g) => config.devices.names = g,
+            Err(e) => {
+                tracing::error!("--name: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    match daemon::run(daemon::RunOptions {
+        config_path,
+        config,
+    }) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("tcmu-prd stopped: {e}");
+            ExitCode::FAILURE
         }
     }
 }

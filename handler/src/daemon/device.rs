@@ -1,0 +1,309 @@
+//! One served TCMU device: its uio fd, ring, logical unit and lifecycle.
+
+use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::path::Path;
+use std::sync::Arc;
+
+use crossbeam_channel::Sender;
+use mio::{Token, Waker};
+use tracing::{debug, error, info, warn};
+
+use super::pool::Job;
+use super::serve::{Done, uio_dev_path};
+use crate::config::{Config, DeviceConfig};
+use crate::configfs::{DeviceDir, ResetRing};
+use crate::lu::{Lu, Lus, Resolver, View};
+use crate::netlink::Reconfig;
+use crate::ring::{InFlightCmd, Response, Ring, TmrEvent, UioFd};
+use crate::scsi::opcode::{Direction, direction};
+use crate::uio::{TcmuName, UioDevice, parse_map_size};
+
+/// Why a device cannot be served or reconfigured.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    /// The cfgstring is not valid for us.
+    #[error("config string: {0}")]
+    Config(String),
+    /// The backing file could not be opened.
+    #[error("backing store: {0}")]
+    Backing(String, i32),
+    /// The uio device or ring could not be set up.
+    #[error("ring: {0}")]
+    Ring(String),
+    /// configfs refused a recovery step.
+    #[error("configfs: {0}")]
+    Configfs(String),
+    /// A reconfiguration we cannot apply.
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+impl DeviceError {
+    /// The errno the kernel gets in our netlink reply.
+    #[must_use]
+    pub fn errno(&self) -> i32 {
+        match self {
+            DeviceError::Config(_) | DeviceError::Unsupported(_) => libc::EINVAL,
+            DeviceError::Backing(_, e) if *e != 0 => *e,
+            DeviceError::Backing(..) | DeviceError::Ring(_) | DeviceError::Configfs(_) => libc::EIO,
+        }
+    }
+}
+
+/// A device we serve.
+#[derive(Debug)]
+pub struct Device {
+    id: TcmuName,
+    minor: u32,
+    uio: Arc<UioFd>,
+    ring: Ring,
+    view: Arc<View>,
+    cfg: DeviceConfig,
+    /// Set when the kernel asked to remove the device: the DEVICE_ID to answer
+    /// once in-flight commands are done.
+    removal: Option<u32>,
+}
+
+impl Device {
+    /// Serves a device the kernel announced just now (ADDED_DEVICE): its ring is fresh.
+    pub fn open_new(
+        dev: &UioDevice,
+        config: &Config,
+        lus: &Lus,
+        resolver: &Resolver,
+    ) -> Result<Self, DeviceError> {
+        Self::open(dev, config, lus, resolver, false)
+    }
+
+    /// Serves a device enabled before we started: its ring may hold entries a
+    /// previous daemon never completed, so block it, reset the ring (those
+    /// commands end BUSY and are retried), map, and unblock.
+    pub fn adopt(
+        dev: &UioDevice,
+        config: &Config,
+        lus: &Lus,
+        resolver: &Resolver,
+    ) -> Result<Self, DeviceError> {
+        Self::open(dev, config, lus, resolver, true)
+    }
+
+    fn open(
+        dev: &UioDevice,
+        config: &Config,
+        lus: &Lus,
+        resolver: &Resolver,
+        recover: bool,
+    ) -> Result<Self, DeviceError> {
+        let id = dev.id.clone();
+        let cfg =
+            DeviceConfig::parse(&id.cfgstring).map_err(|e| DeviceError::Config(e.to_string()))?;
+        crate::config::check(&cfg).map_err(DeviceError::Config)?;
+        let roots = config.paths.roots();
+        let dir = DeviceDir::new(&roots, &id);
+        let attribs = dir
+            .attribs()
+            .map_err(|e| DeviceError::Configfs(e.to_string()))?;
+        let lu = lus
+            .get_or_open(&cfg, || {
+                Lu::open(
+                    &cfg,
+                    attribs.hw_block_size,
+                    attribs.hw_max_sectors,
+                    attribs.dev_size,
+                    attribs.emulate_write_cache,
+                )
+            })
+            .map_err(|e| DeviceError::Backing(e.to_string(), e.errno()))?;
+        let target_root = roots.configfs.join("target");
+        let view = Arc::new(View::new(
+            lu,
+            id.to_string(),
+            target_root,
+            dir.path().to_path_buf(),
+        ));
+        resolver.add(&view);
+
+        let sysfs_uio = roots
+            .sysfs
+            .join("class/uio")
+            .join(format!("uio{}", dev.minor));
+        let size = std::fs::read_to_string(sysfs_uio.join("maps/map0/size"))
+            .ok()
+            .and_then(|s| parse_map_size(&s))
+            .ok_or_else(|| {
+                DeviceError::Ring(format!("cannot read maps/map0/size of uio{}", dev.minor))
+            })?;
+        let size = usize::try_from(size)
+            .map_err(|_| DeviceError::Ring("map size exceeds the address space".into()))?;
+
+        if recover {
+            dir.block(true)
+                .map_err(|e| DeviceError::Configfs(e.to_string()))?;
+            dir.reset_ring(ResetRing::Busy)
+                .map_err(|e| DeviceError::Configfs(e.to_string()))?;
+        }
+        let opened = (|| {
+            let uio = UioFd::open(&uio_dev_path(Path::new("/dev"), dev.minor))
+                .map_err(|e| DeviceError::Ring(e.to_string()))?;
+            uio.set_nonblocking()
+                .map_err(|e| DeviceError::Ring(format!("uio nonblocking: {e}")))?;
+            let map = uio
+                .map(size)
+                .map_err(|e| DeviceError::Ring(e.to_string()))?;
+            let uio = Arc::new(uio);
+            let ring = Ring::new(Arc::new(map), Box::new(uio.clone()))
+                .map_err(|e| DeviceError::Ring(e.to_string()))?;
+            Ok::<_, DeviceError>((uio, ring))
+        })();
+        if recover && let Err(e) = dir.block(false) {
+            error!(device = %id, "unblocking after ring recovery: {e}");
+        }
+        let (uio, ring) = opened?;
+        let flags = ring.mapping().flags();
+        if !flags.oooc() {
+            warn!(device = %id, "kernel ring lacks out-of-order completion; completions will be slower");
+        }
+        info!(device = %id, uio = dev.minor, map_size = size, recovered = recover, cfg = %id.cfgstring, "opened");
+        Ok(Device {
+            id,
+            minor: dev.minor,
+            uio,
+            ring,
+            view,
+            cfg,
+            removal: None,
+        })
+    }
+
+    pub fn id(&self) -> &TcmuName {
+        &self.id
+    }
+
+    pub fn minor(&self) -> u32 {
+        self.minor
+    }
+
+    pub fn uio_fd(&self) -> RawFd {
+        self.uio.as_fd().as_raw_fd()
+    }
+
+    pub fn ring_mut(&mut self) -> &mut Ring {
+        &mut self.ring
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.ring.in_flight()
+    }
+
+    /// Consumes the uio wake-up count (exactly 4 bytes), if any is pending.
+    pub fn ack_wakeup(&self) {
+        match self.uio.wait() {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => warn!(device = %self.id, "reading the uio event count: {e}"),
+        }
+    }
+
+    /// The worker job for one command.
+    pub fn job(&self, cmd: InFlightCmd, token: Token, tx: Sender<Done>, waker: Arc<Waker>) -> Job {
+        let view = self.view.clone();
+        Box::new(move || {
+            let mut cmd = cmd;
+            let rsp = execute(&view, &mut cmd);
+            if tx.send(Done { token, cmd, rsp }).is_ok() {
+                let _ = waker.wake();
+            }
+        })
+    }
+
+    pub fn on_tmr(&mut self, tmr: &TmrEvent) {
+        info!(device = %self.id, "task management: {tmr:?}");
+    }
+
+    pub fn complete(&mut self, cmd: InFlightCmd, rsp: &Response) {
+        if let Err(e) = self.ring.complete(cmd, rsp) {
+            error!(device = %self.id, "completing a command: {e}");
+        }
+    }
+
+    /// Publishes completed commands to the kernel (one tail update, one wake-up).
+    pub fn flush(&mut self) {
+        if let Err(e) = self.ring.flush() {
+            error!(device = %self.id, "waking the kernel for completions: {e}");
+        }
+    }
+
+    /// The kernel wants the device gone. Returns the DEVICE_ID to answer now,
+    /// or None if commands are still in flight (answered by `removal_ready`).
+    pub fn begin_removal(&mut self, device_id: u32) -> Option<u32> {
+        self.removal = Some(device_id);
+        self.removal_ready()
+    }
+
+    pub fn removal_ready(&mut self) -> Option<u32> {
+        if self.ring.in_flight() == 0 {
+            self.removal.take()
+        } else {
+            None
+        }
+    }
+
+    /// Applies a RECONFIG_DEVICE.
+    pub fn reconfigure(&mut self, rc: &Reconfig) -> Result<(), DeviceError> {
+        if let Some(cfg) = &rc.dev_cfg {
+            let parsed = DeviceConfig::parse_dev_config(cfg)
+                .map_err(|e| DeviceError::Config(e.to_string()))?;
+            if parsed != self.cfg {
+                return Err(DeviceError::Unsupported(format!(
+                    "changing the config string of an enabled device ({:?} -> {cfg:?}) is not supported: disable and re-create the backstore",
+                    self.id.cfgstring
+                )));
+            }
+        }
+        if let Some(size) = rc.dev_size {
+            self.view.lu().resize(size, self.cfg.grow).map_err(|e| {
+                DeviceError::Backing(
+                    format!("resizing {} to {size} bytes: {e}", self.cfg.image.display()),
+                    libc::EINVAL,
+                )
+            })?;
+            info!(device = %self.id, dev_size = size, "capacity changed");
+        }
+        if let Some(wc) = rc.write_cache {
+            self.view.lu().scsi().set_write_cache(wc);
+            info!(device = %self.id, write_cache = wc, "write cache setting changed");
+        }
+        debug!(device = %self.id, "reconfigured");
+        Ok(())
+    }
+}
+
+/// Runs one command of a view: its one scatter list goes to the emulation as
+/// data-out or data-in according to the CDB, never as both.
+fn execute(view: &View, cmd: &mut InFlightCmd) -> Response {
+    if cmd.is_aborted() {
+        // A TMR aborted it before it started: it never touches the medium.
+        return Response::task_aborted();
+    }
+    let cdb = cmd.cdb().to_vec();
+    let r = match direction(&cdb) {
+        Direction::FromDevice => {
+            let mut din = cmd.data_mut();
+            view.execute(&cdb, &[], &mut din)
+        }
+        Direction::ToDevice => {
+            let dout = cmd.data();
+            view.execute(&cdb, &dout, &mut [])
+        }
+        Direction::None => view.execute(&cdb, &[], &mut []),
+    };
+    let rsp = match r.sense {
+        Some(sense) => Response::check_condition(sense.as_bytes()),
+        None => Response::with_status(r.status),
+    };
+    if direction(&cdb) == Direction::FromDevice {
+        rsp.read_len(r.data_in_len)
+    } else {
+        rsp
+    }
+}
