@@ -128,13 +128,13 @@ daemon_start() {
   wait_for 60 "daemon $name ready" grep -q "ready" "$ART/$name.log"
 }
 
-# daemon_stop NAME [SIGNAL]: stops it and waits; prints its exit status.
+# daemon_stop NAME [SIGNAL]: stops it and waits; its exit status is left in
+# $DAEMON_RC (not printed: `wait` only works in the shell that started it).
 daemon_stop() {
   local pid; pid=$(cat "$ART/$1.pid")
   kill -"${2:-TERM}" "$pid" 2>/dev/null || true
-  local rc=0
-  wait "$pid" || rc=$?
-  echo "$rc"
+  DAEMON_RC=0
+  wait "$pid" || DAEMON_RC=$?
 }
 
 # loop_tpg WWN INITIATOR_WWN: a tcm_loop target port with its I_T nexus
@@ -191,4 +191,17 @@ libiscsi_suite() {
   local passed failed skipped
   read -r passed failed skipped < "$out.counts"
   say "libiscsi $tests: $passed passed, $failed failed, $skipped skipped"
+}
+
+# need_scratch: an ext4 file system at /mnt/scratch for images. The guest's
+# writable places are tmpfs overlays, which refuse O_DIRECT (our default for
+# shared images); ext4 on a loop device is what a real node would have.
+SCRATCH=/srv/scratch
+need_scratch() {
+  mountpoint -q $SCRATCH && return 0
+  modprobe loop
+  mkdir -p $SCRATCH
+  truncate -s "${SCRATCH_SIZE:-768M}" /tmp/scratch.ext4
+  mkfs.ext4 -q -F /tmp/scratch.ext4
+  mount -o loop /tmp/scratch.ext4 $SCRATCH
 }
