@@ -7,6 +7,9 @@
 //! The lock-manager trait (local and DLM) and the state cache come with the
 //! cluster issue.
 
+#[cfg(any(test, feature = "sim"))]
+pub mod fake;
+pub mod lockmgr;
 pub mod lvb;
 pub mod selftest;
 pub mod store;
