@@ -449,7 +449,7 @@ impl Inner {
     }
 
     fn close(&mut self, node: usize, id: u64) {
-        if !self.locks.get(&id).is_some_and(|l| l.node == node) {
+        if self.locks.get(&id).is_none_or(|l| l.node != node) {
             return;
         }
         let l = self.locks.remove(&id).expect("checked");
@@ -630,8 +630,8 @@ mod tests {
         n[0].request(l[0], Ex, VAL, None).unwrap();
         n[1].request(l[1], Nl, VAL, None).unwrap();
         n[2].request(l[2], Nl, VAL, None).unwrap();
-        for i in 0..3 {
-            events(&mut n[i]);
+        for x in n.iter_mut().take(3) {
+            events(x);
         }
         // A new PR request waits; then two conversions queue behind EX.
         n[3].request(l[3], Pr, VAL, None).unwrap();

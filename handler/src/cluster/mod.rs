@@ -7,9 +7,12 @@
 //! The lock-manager trait (local and DLM) and the state cache come with the
 //! cluster issue.
 
+pub mod cache;
 #[cfg(any(test, feature = "sim"))]
 pub mod fake;
 pub mod lockmgr;
 pub mod lvb;
 pub mod selftest;
 pub mod store;
+#[cfg(test)]
+mod tests;
