@@ -28,24 +28,9 @@ use std::os::unix::net::UnixStream;
 use std::rc::Rc;
 use std::time::Duration;
 
-use super::lockmgr::{Event, Grant, LVB_LEN, LmError, LockFlags, LockId, LockManager, Mode};
-
-/// The DLM's LVB operations, rows granted mode (None = new request),
-/// columns requested mode: `Some(true)` read, `Some(false)` write, `None`
-/// nothing (`dlm_lvb_operations` in fs/dlm/lock.c, IV/PD left out).
-fn lvb_op(granted: Option<Mode>, requested: Mode) -> Option<bool> {
-    match granted {
-        None => Some(true),
-        Some(g @ (Mode::Pw | Mode::Ex)) => {
-            if g == Mode::Pw && requested == Mode::Ex {
-                Some(true)
-            } else {
-                Some(false)
-            }
-        }
-        Some(g) => (requested >= g).then_some(true),
-    }
-}
+use super::lockmgr::{
+    Event, Grant, LVB_LEN, LmError, LockFlags, LockId, LockManager, Mode, lvb_op,
+};
 
 #[derive(Debug)]
 struct LockRec {

@@ -99,6 +99,23 @@ pub trait LockManager {
     fn wait(&mut self, wake: &std::os::unix::net::UnixStream, timeout: Duration);
 }
 
+/// The DLM's LVB operations, rows granted mode (None = new request),
+/// columns requested mode: `Some(true)` read, `Some(false)` write, `None`
+/// nothing (`dlm_lvb_operations` in fs/dlm/lock.c, IV/PD left out).
+pub(crate) fn lvb_op(granted: Option<Mode>, requested: Mode) -> Option<bool> {
+    match granted {
+        None => Some(true),
+        Some(g @ (Mode::Pw | Mode::Ex)) => {
+            if g == Mode::Pw && requested == Mode::Ex {
+                Some(true)
+            } else {
+                Some(false)
+            }
+        }
+        Some(g) => (requested >= g).then_some(true),
+    }
+}
+
 /// The DLM resource name of an LU's lock of `kind` (`b's'` state, `b'c'`
 /// COMPARE AND WRITE): `tcmu-prd:<kind>:<lu id>`, or, for ids that do not
 /// fit in 64 bytes or are not printable ASCII, a prefix of the id and a
