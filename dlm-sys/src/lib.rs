@@ -24,7 +24,7 @@ use std::cell::{Cell, UnsafeCell};
 use std::ffi::{CString, c_void};
 use std::fmt;
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::path::Path;
 use std::ptr::NonNull;
 use std::rc::Rc;
@@ -296,6 +296,39 @@ impl Lockspace {
         }
         self.dispatch()?;
         Ok(true)
+    }
+
+    /// Waits up to `timeout` until the lockspace fd or `other` (a wake-up
+    /// fd of the caller's) is readable, without dispatching. Returns
+    /// whether the lockspace fd is readable.
+    pub fn wait_readable(&self, other: BorrowedFd<'_>, timeout: Duration) -> Result<bool, Error> {
+        let mut pfd = [
+            libc::pollfd {
+                fd: self.inner.fd,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: other.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+        // SAFETY: `pfd` is a valid array of 2 pollfds for the call's duration,
+        // and both fds are open (ours, and `other` borrowed for the call).
+        let rc = unsafe { libc::poll(pfd.as_mut_ptr(), 2, ms) };
+        if rc < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                return Ok(false);
+            }
+            return Err(Error::Os {
+                op: "poll",
+                source: e,
+            });
+        }
+        Ok(pfd[0].revents != 0)
     }
 
     /// Leaves the lockspace (and removes it if no other process uses it).
