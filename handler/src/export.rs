@@ -355,12 +355,14 @@ pub fn export(target_root: &Path, spec: &ExportSpec) -> Result<Vec<View>, Export
                 let name = view_name(&spec.lu, &port, ini);
                 let bs = make_view(target_root, spec, &name, &control)?;
                 mkdir_all(&tpg_dir)?;
-                let lun = tpg_lun(&tpg_dir, &bs)?;
+                // The nexus first: tcm_loop scans a LUN when it is linked,
+                // and a scan without a nexus fails and is not retried.
                 let nexus = tpg_dir.join("nexus");
                 let current = fs::read_to_string(&nexus).unwrap_or_default();
                 if current.trim() != ini.as_str() {
                     write(&nexus, ini)?;
                 }
+                let lun = tpg_lun(&tpg_dir, &bs)?;
                 views.push(View {
                     initiator: ini.clone(),
                     backstore: bs,
