@@ -236,6 +236,10 @@ fn make_view(
     mkdir(&bs)?;
     write(&bs.join("control"), control)?;
     write(&bs.join("attrib/pgr_support"), "0")?;
+    // LUN resets must reach us (they end SPC-2 reservations), and REPORT
+    // TARGET PORT GROUPS is ours (RTPIs are cluster-wide, DESIGN.md §2).
+    write(&bs.join("attrib/tmr_notification"), "1")?;
+    write(&bs.join("attrib/alua_support"), "0")?;
     write(&bs.join("enable"), "1")?;
     Ok(bs)
 }

@@ -14,7 +14,7 @@ use crate::config::{Config, DeviceConfig};
 use crate::configfs::{DeviceDir, ResetRing};
 use crate::lu::{Lu, Lus, Resolver, View};
 use crate::netlink::Reconfig;
-use crate::ring::{InFlightCmd, Response, Ring, TmrEvent, UioFd};
+use crate::ring::{InFlightCmd, Response, Ring, TmrEvent, TmrType, UioFd};
 use crate::scsi::opcode::{Direction, direction};
 use crate::uio::{TcmuName, UioDevice, parse_map_size};
 
@@ -121,6 +121,7 @@ impl Device {
             target_root,
             dir.path().to_path_buf(),
         ));
+        view.lu().add_view(&view);
         resolver.add(&view);
 
         let sysfs_uio = roots
@@ -217,7 +218,14 @@ impl Device {
     }
 
     pub fn on_tmr(&mut self, tmr: &TmrEvent) {
-        info!(device = %self.id, "task management: {tmr:?}");
+        info!(device = %self.id, tmr = ?tmr.tmr_type, aborted = tmr.cmd_ids.len(), "task management");
+        if matches!(
+            tmr.tmr_type,
+            TmrType::LunReset | TmrType::TargetWarmReset | TmrType::TargetColdReset
+        ) {
+            // A reset releases the SPC-2 reservation (SPC-4 5.13.1); PR survives.
+            self.view.lu().reset();
+        }
     }
 
     pub fn complete(&mut self, cmd: InFlightCmd, rsp: &Response) {

@@ -90,6 +90,11 @@ pub struct Lu {
     /// Data commands: shared; PR changes: exclusive.
     gate: RwLock<()>,
     uas: Mutex<UaQueues>,
+    /// This node's views of the LU, to find a nexus's session.
+    views: Mutex<Vec<Weak<View>>>,
+    /// The session of the SPC-2 reservation holder when it reserved: the
+    /// reservation ends with that I_T nexus (logout, connection loss).
+    spc2_session: Mutex<Option<(pr::Nexus, Option<String>)>>,
 }
 
 fn store_error_to_sense() -> SenseInfo {
@@ -186,6 +191,8 @@ impl Lu {
             state: RwLock::new(Arc::new(state)),
             gate: RwLock::new(()),
             uas: Mutex::new(UaQueues::default()),
+            views: Mutex::new(Vec::new()),
+            spc2_session: Mutex::new(None),
         })
     }
 
@@ -234,6 +241,79 @@ impl Lu {
                 .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(new);
         }
         Ok(r)
+    }
+
+    /// LOGICAL UNIT RESET: releases the SPC-2 reservation durably.
+    pub fn reset(&self) {
+        let r = self.update(|st| {
+            let new = pr::lu_reset(&st.pr).map(|pr| LuState { pr, ..st.clone() });
+            (new.is_some(), new)
+        });
+        match r {
+            Ok(true) => {
+                info!(image = %self.image.display(), "LU reset released the SPC-2 reservation")
+            }
+            Ok(false) => {}
+            Err(e) => error!(image = %self.image.display(), "LU reset: state not saved: {e}"),
+        }
+    }
+
+    /// Registers a view of this LU on this node.
+    pub fn add_view(&self, view: &Arc<View>) {
+        let mut v = self
+            .views
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        v.retain(|w| w.strong_count() > 0);
+        v.push(Arc::downgrade(view));
+    }
+
+    fn view_of(&self, nexus: &pr::Nexus) -> Option<Arc<View>> {
+        let v = self
+            .views
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        v.iter()
+            .filter_map(Weak::upgrade)
+            .find(|view| match view.cached_who() {
+                Some(Who::One { nexus: n, .. }) => n.matches(nexus),
+                _ => false,
+            })
+    }
+
+    /// If the SPC-2 reservation's I_T nexus is gone (its session ended or
+    /// changed since it reserved), releases the reservation durably and
+    /// returns true.
+    fn release_lost_spc2(&self) -> bool {
+        let state = self.state();
+        let Some(holder) = state.pr.spc2_holder.clone() else {
+            return false;
+        };
+        let recorded = self.spc2_session.lock().ok().and_then(|s| s.clone());
+        let Some(view) = self.view_of(&holder) else {
+            return false;
+        };
+        let now = view.session_token();
+        let lost = match (&recorded, &now) {
+            (_, None) => true,
+            (Some((n, Some(then))), Some(now)) if n.matches(&holder) => then != now,
+            _ => false,
+        };
+        if !lost {
+            return false;
+        }
+        let r = self.update(|st| {
+            let new = pr::nexus_lost(&st.pr, &holder).map(|pr| LuState { pr, ..st.clone() });
+            (new.is_some(), new)
+        });
+        if matches!(r, Ok(true)) {
+            info!(image = %self.image.display(), holder = ?holder.initiator, "SPC-2 reservation released: its I_T nexus is gone");
+            if let Ok(mut s) = self.spc2_session.lock() {
+                *s = None;
+            }
+            return true;
+        }
+        false
     }
 
     /// The RTPI of target port `name`, assigning one (durably) if new.
@@ -309,6 +389,9 @@ enum Who {
     One {
         nexus: pr::Nexus,
         port: scsi::TargetPort,
+        /// What shows the initiator's current session: the ACL's `info`
+        /// (iSCSI), or the TPG's `nexus` (tcm_loop).
+        session_file: PathBuf,
     },
     /// Zero or several initiators: the reason, for logs and refusals.
     Ambiguous(String),
@@ -425,6 +508,7 @@ impl View {
                             tpg: rtpi,
                             protocol_id: protocol_id(&n.target.fabric),
                         },
+                        session_file: session_file(&self.target_root, &n),
                     },
                     Err(e) => {
                         Who::Ambiguous(format!("cannot assign a relative target port id: {e}"))
@@ -507,6 +591,28 @@ impl View {
         self.cached_who().is_some()
     }
 
+    /// The initiator's current session as configfs shows it, read on a
+    /// helper thread with a bound (configfs can block behind LIO's own
+    /// operations): `None` when there is no session.
+    fn session_token(&self) -> Option<String> {
+        let Some(Who::One { session_file, .. }) = self.cached_who() else {
+            return None;
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        let f = session_file.clone();
+        let _ = std::thread::Builder::new()
+            .name("tcmu-prd-session".into())
+            .spawn(move || {
+                let _ = tx.send(std::fs::read_to_string(&f).ok());
+            });
+        let text = match rx.recv_timeout(std::time::Duration::from_secs(2)) {
+            Ok(t) => t?,
+            // Unknown: treat the session as alive rather than drop a reservation.
+            Err(_) => return Some("unknown".into()),
+        };
+        session_of(&session_file, &text)
+    }
+
     /// A short description for `status`: the nexus, or why there is none.
     #[must_use]
     pub fn describe_nexus(&self) -> String {
@@ -554,7 +660,7 @@ impl View {
             }
         }
         let (nexus, port) = match &who {
-            Who::One { nexus, port } => (nexus.clone(), *port),
+            Who::One { nexus, port, .. } => (nexus.clone(), *port),
             Who::Ambiguous(_) => (anonymous(), scsi::TargetPort::default()),
         };
         if !ua_exempt(cdb) {
@@ -576,7 +682,16 @@ impl View {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let state = self.lu.state();
         if pr::check_access(&state.pr, &nexus, cdb) == pr::Access::Conflict {
-            return Self::status_only(scsi::sense::status::RESERVATION_CONFLICT);
+            let spc2_other = state
+                .pr
+                .spc2_holder
+                .as_ref()
+                .is_some_and(|h| !h.matches(&nexus));
+            drop(_gate);
+            if !(spc2_other && self.lu.release_lost_spc2()) {
+                return Self::status_only(scsi::sense::status::RESERVATION_CONFLICT);
+            }
+            return self.execute(cdb, data_out, data_in);
         }
         self.lu.scsi.execute(&port, cdb, data_out, data_in)
     }
@@ -608,11 +723,31 @@ impl View {
         } else {
             None
         };
-        let result = self.lu.update(|st| {
-            let out = pr::execute(&st.pr, &ports, nexus, cdb, &params);
-            let new = out.new_state.clone().map(|pr| LuState { pr, ..st.clone() });
-            (out, new)
-        });
+        let run = || {
+            self.lu.update(|st| {
+                let out = pr::execute(&st.pr, &ports, nexus, cdb, &params);
+                let new = out.new_state.clone().map(|pr| LuState { pr, ..st.clone() });
+                (out, new)
+            })
+        };
+        let mut result = run();
+        if matches!(&result, Ok(o) if o.status == pr::Status::ReservationConflict)
+            && self
+                .lu
+                .state()
+                .pr
+                .spc2_holder
+                .as_ref()
+                .is_some_and(|h| !h.matches(nexus))
+            && self.lu.release_lost_spc2()
+        {
+            result = run();
+        }
+        let reserved = matches!(cdb[0], 0x16 | 0x56)
+            && matches!(&result, Ok(o) if o.status == pr::Status::Good);
+        if reserved && let Ok(mut s) = self.lu.spc2_session.lock() {
+            *s = Some((nexus.clone(), self.session_token()));
+        }
         let out = match result {
             Ok(out) => out,
             Err(e) => {
@@ -675,6 +810,35 @@ impl View {
         let n = crate::backing::iov::scatter(data_in, 0, &data);
         scsi::Response::good(n)
     }
+}
+
+/// Where configfs shows the session of `n`'s initiator.
+fn session_file(target_root: &Path, n: &nexus::Nexus) -> PathBuf {
+    let tpg = target_root
+        .join(&n.target.fabric)
+        .join(&n.target.wwn)
+        .join(format!("tpgt_{}", n.target.tpgt));
+    if n.target.fabric == "loopback" {
+        tpg.join("nexus")
+    } else {
+        tpg.join("acls").join(&n.initiator).join("info")
+    }
+}
+
+/// The session identity in a session file's text; `None` when there is no
+/// session. iSCSI's ACL info has a "LIO Session ID" line per session.
+fn session_of(file: &Path, text: &str) -> Option<String> {
+    if file.ends_with("nexus") {
+        let t = text.trim();
+        return if t.is_empty() || t == "null" {
+            None
+        } else {
+            Some(t.to_owned())
+        };
+    }
+    text.lines()
+        .find(|l| l.contains("LIO Session ID"))
+        .map(|l| l.trim().to_owned())
 }
 
 fn protocol_id(fabric: &str) -> Option<u8> {
