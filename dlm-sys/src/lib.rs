@@ -224,6 +224,12 @@ impl Lockspace {
                         .into(),
                 ));
             }
+            if e.raw_os_error() == Some(libc::ENOTCONN) {
+                return Err(Error::Unavailable(
+                    "dlm_controld is not connected to the cluster yet (ENOTCONN): wait until `dlm_tool status` answers"
+                        .into(),
+                ));
+            }
             return Err(Error::Os {
                 op: "dlm_create_lockspace",
                 source: e,

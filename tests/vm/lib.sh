@@ -54,7 +54,9 @@ need_dlm() {
     # Test machines only: no fencing device exists in the guest.
     printf 'enable_fencing=0\nenable_quorum_fencing=0\n' > /etc/dlm/dlm.conf
     dlm_controld --foreground > "$RESULTS/dlm_controld.log" 2>&1 &
-    wait_for 30 "dlm_controld joined the cluster" test -d $CONFIGFS/dlm/cluster
+    # configfs/dlm/cluster can outlive a killed dlm_controld: also wait for
+    # the new daemon to answer.
+    wait_for 30 "dlm_controld joined the cluster" bash -c "test -d $CONFIGFS/dlm/cluster && dlm_tool status"
   fi
 }
 
