@@ -15,10 +15,11 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 
 use tracing::{error, info, warn};
 
-use super::state::{Identity, LuState, StateError};
+use super::state::{LuState, StateError};
+use super::sync::{Sharing, StateSync, SyncError};
 use crate::backing::Backing;
 use crate::backing::{FileBacking, FileOptions};
-use crate::cluster::store::{Snapshot, Store, StoreError};
+use crate::cluster::store::StoreError;
 use crate::config::DeviceConfig;
 use crate::nexus::{self, ViewNexus};
 use crate::pr::{self, TransportId, UaQueues};
@@ -71,13 +72,6 @@ impl OpenError {
     }
 }
 
-/// The local state synchroniser: the store and the state it last held.
-#[derive(Debug)]
-struct Local {
-    store: Store,
-    snap: Option<Snapshot>,
-}
-
 /// One logical unit, shared by its views on this node.
 #[derive(Debug)]
 pub struct Lu {
@@ -85,23 +79,20 @@ pub struct Lu {
     /// The medium, typed, for live resizing.
     file: Arc<FileBacking>,
     scsi: scsi::Lu,
-    sync: Mutex<Local>,
-    state: RwLock<Arc<LuState>>,
+    /// Where the state lives: this node's store, or the cluster protocol.
+    sync: StateSync,
     /// Data commands: shared; PR changes: exclusive.
     gate: RwLock<()>,
     uas: Mutex<UaQueues>,
 }
 
-fn store_error_to_sense() -> SenseInfo {
-    // The state could not be made durable: the command did not take effect.
-    SenseInfo::new(scsi::sense::INTERNAL_TARGET_FAILURE)
-}
-
 impl Lu {
     /// Opens the LU of `cfg`'s image: its backing, its state store (creating
-    /// the identity on first use), and the SCSI emulation over both.
+    /// the identity on first use), and the SCSI emulation over both;
+    /// `sharing` says whether the state is this node's alone or the cluster's.
     pub fn open(
         cfg: &DeviceConfig,
+        sharing: &Sharing,
         block_size: u32,
         hw_max_sectors: u32,
         dev_size: u64,
@@ -137,27 +128,7 @@ impl Lu {
                 block_size,
             });
         }
-        let store = Store::open(&cfg.state, true, store_direct(&cfg.state))?;
-        let (snap, state) = match store.read()? {
-            Some(snap) => {
-                let st = LuState::decode(&snap.payload).map_err(|source| OpenError::State {
-                    path: cfg.state.clone(),
-                    source,
-                })?;
-                (Some(snap), st)
-            }
-            None => {
-                let id = Identity::generate().map_err(|e| StoreError::Io {
-                    path: cfg.state.clone(),
-                    op: "reading /dev/urandom",
-                    source: e,
-                })?;
-                let st = LuState::new(id);
-                let snap = store.write(None, &st.encode())?;
-                info!(image = %cfg.image.display(), serial = %st.identity.serial, "created LU identity");
-                (Some(snap), st)
-            }
-        };
+        let (sync, state) = StateSync::open(cfg, sharing)?;
         let identity = LuIdentity {
             naa: NaaId::new(&state.identity.naa)?,
             serial: cfg
@@ -177,13 +148,15 @@ impl Lu {
         lc.tpgs = 1;
         let file = Arc::new(backing);
         let backing: Arc<dyn Backing> = file.clone();
-        let scsi = scsi::Lu::new(lc, backing)?;
+        let mut scsi = scsi::Lu::new(lc, backing)?;
+        if let Some(hook) = sync.caw_hook() {
+            scsi.set_caw_hook(hook);
+        }
         Ok(Lu {
             image: cfg.image.clone(),
             file,
             scsi,
-            sync: Mutex::new(Local { store, snap }),
-            state: RwLock::new(Arc::new(state)),
+            sync,
             gate: RwLock::new(()),
             uas: Mutex::new(UaQueues::default()),
         })
@@ -207,71 +180,50 @@ impl Lu {
         &self.scsi
     }
 
-    /// The current state.
+    /// The last known state (may lag the cluster's newest by the commands
+    /// not yet admitted here; commands use `sync().admit()`).
     #[must_use]
     pub fn state(&self) -> Arc<LuState> {
-        self.state
-            .read()
-            .map(|s| s.clone())
-            .unwrap_or_else(|p| p.into_inner().clone())
+        self.sync.current()
     }
 
-    /// Applies `f` to the newest state and makes the result durable before
-    /// returning. `f` returns (its result, the new state if it changed).
-    fn update<R>(&self, f: impl FnOnce(&LuState) -> (R, Option<LuState>)) -> Result<R, StoreError> {
-        let mut local = self
-            .sync
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let current = self.state();
-        let (r, new) = f(&current);
-        if let Some(new) = new {
-            let snap = local.store.write(local.snap.as_ref(), &new.encode())?;
-            local.snap = Some(snap);
-            *self
-                .state
-                .write()
-                .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(new);
-        }
-        Ok(r)
+    /// How the state is kept (admission, updates, cluster counters).
+    #[must_use]
+    pub fn sync(&self) -> &StateSync {
+        &self.sync
     }
 
     /// The RTPI of target port `name`, assigning one (durably) if new.
-    pub fn rtpi_for(&self, name: &str) -> Result<u16, StoreError> {
+    pub fn rtpi_for(&self, name: &str) -> Result<u16, SyncError> {
         if let Some(r) = self.state().rtpi(name) {
             return Ok(r);
         }
-        self.update(|s| {
+        let owned = name.to_owned();
+        let (r, _) = self.sync.update(move |s| {
             let mut n = s.clone();
-            match n.assign_rtpi(name) {
-                Ok(r) => (Some(r), Some(n)),
-                Err(_) => (None, None),
+            match n.assign_rtpi(&owned) {
+                Ok(r) => (Some(r), Some(n), Vec::new()),
+                Err(_) => (None, None, Vec::new()),
             }
-        })?
-        .ok_or_else(|| StoreError::Corrupt {
-            path: self.image.clone(),
-            detail: "no RTPI left".into(),
-        })
-    }
-
-    fn target_ports(&self) -> Vec<pr::TargetPort> {
-        self.state()
-            .ports
-            .iter()
-            .map(|(name, &rtpi)| pr::TargetPort {
-                rtpi,
-                name: name.clone(),
+        })?;
+        r.ok_or_else(|| {
+            SyncError::Store(StoreError::Corrupt {
+                path: self.image.clone(),
+                detail: "no RTPI left".into(),
             })
-            .collect()
+        })
     }
 }
 
-/// Whether the store may use O_DIRECT: tmpfs (tests) has none.
-fn store_direct(path: &Path) -> bool {
-    let dir = path.parent().unwrap_or(Path::new("/"));
-    rustix::fs::statfs(dir)
-        .map(|s| s.f_type != 0x0102_1994)
-        .unwrap_or(true)
+fn target_ports(state: &LuState) -> Vec<pr::TargetPort> {
+    state
+        .ports
+        .iter()
+        .map(|(name, &rtpi)| pr::TargetPort {
+            rtpi,
+            name: name.clone(),
+        })
+        .collect()
 }
 
 /// All LUs of this node, by image path, shared by their views.
@@ -557,6 +509,9 @@ impl View {
             Who::One { nexus, port } => (nexus.clone(), *port),
             Who::Ambiguous(_) => (anonymous(), scsi::TargetPort::default()),
         };
+        if let Err(e) = self.lu.sync.sync_uas(&nexus, &self.lu.uas) {
+            return super::sync::refusal(&self.lu.scsi, &e);
+        }
         if !ua_exempt(cdb) {
             let ua = self.lu.uas.lock().ok().and_then(|mut q| q.take(&nexus));
             if let Some(ua) = ua {
@@ -574,8 +529,12 @@ impl View {
             .gate
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let state = self.lu.state();
-        if pr::check_access(&state.pr, &nexus, cdb) == pr::Access::Conflict {
+        // Held until the command ends: a cluster update drains it first.
+        let admitted = match self.lu.sync.admit() {
+            Ok(a) => a,
+            Err(e) => return super::sync::refusal(&self.lu.scsi, &e),
+        };
+        if pr::check_access(&admitted.state().pr, &nexus, cdb) == pr::Access::Conflict {
             return Self::status_only(scsi::sense::status::RESERVATION_CONFLICT);
         }
         self.lu.scsi.execute(&port, cdb, data_out, data_in)
@@ -596,7 +555,6 @@ impl View {
         }
         let mut params = vec![0u8; data_out.iter().map(|s| s.len()).sum()];
         crate::backing::iov::gather(data_out, 0, &mut params);
-        let ports = self.lu.target_ports();
         // Exclusive: no data command of this LU runs while the state changes.
         let _gate = if changes {
             Some(
@@ -608,22 +566,37 @@ impl View {
         } else {
             None
         };
-        let result = self.lu.update(|st| {
-            let out = pr::execute(&st.pr, &ports, nexus, cdb, &params);
+        let (nexus, cdb_owned) = (nexus.clone(), cdb.to_vec());
+        let run = move |st: &LuState| {
+            let out = pr::execute(&st.pr, &target_ports(st), &nexus, &cdb_owned, &params);
             let new = out.new_state.clone().map(|pr| LuState { pr, ..st.clone() });
-            (out, new)
-        });
-        let out = match result {
-            Ok(out) => out,
+            let uas = out.unit_attentions.clone();
+            (out, new, uas)
+        };
+        let result = if changes {
+            self.lu.sync.update(run)
+        } else {
+            // PR IN: a read of the admitted state, no cluster update.
+            self.lu
+                .sync
+                .admit()
+                .map(|a| {
+                    let (out, _, _) = run(a.state());
+                    (out, Vec::new())
+                })
+                .map_err(SyncError::from)
+        };
+        let (out, local_uas) = match result {
+            Ok(r) => r,
             Err(e) => {
-                error!(view = %self.name, "reservation change not made durable, command failed: {e}");
-                return self.check(&store_error_to_sense());
+                error!(view = %self.name, "reservation command failed, state unchanged: {e}");
+                return e.response(&self.lu.scsi);
             }
         };
-        if !out.unit_attentions.is_empty()
+        if !local_uas.is_empty()
             && let Ok(mut q) = self.lu.uas.lock()
         {
-            q.establish(&out.unit_attentions);
+            q.establish(&local_uas);
         }
         if !out.abort.is_empty() {
             info!(view = %self.name, preempted = out.abort.len(), "PREEMPT AND ABORT: commands of preempted nexuses drained before completion");
