@@ -562,6 +562,7 @@ impl StateSync {
                     ua,
                 })
                 .collect();
+            info!(lu = %c.id, ?nexus, uas = ?pending, "unit attentions recorded by the cluster queued for this node's view");
             queue
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
