@@ -14,8 +14,10 @@
 
 use std::collections::BTreeMap;
 
+use serde::{Deserialize, Serialize};
+
 /// One unit attention for one nexus.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UaRecord<N> {
     /// Position in the log: strictly increasing.
     pub seq: u64,
@@ -27,12 +29,23 @@ pub struct UaRecord<N> {
 }
 
 /// The unit attentions recorded in the LU's state.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(bound(deserialize = "N: Deserialize<'de>"))]
 pub struct UaLog<N> {
     /// The sequence number the next record gets (starts at 1).
     pub next_seq: u64,
     /// Records in increasing `seq`.
     pub records: Vec<UaRecord<N>>,
+}
+
+// Not derived: that would demand `N: Default`.
+impl<N> Default for UaLog<N> {
+    fn default() -> Self {
+        UaLog {
+            next_seq: 1,
+            records: Vec::new(),
+        }
+    }
 }
 
 impl<N: Clone + Ord> UaLog<N> {
@@ -67,15 +80,29 @@ impl<N: Clone + Ord> UaLog<N> {
 
 /// What this node delivered, per nexus of its own views (local memory,
 /// not in the shared state).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Delivered<N> {
     upto: BTreeMap<N, u64>,
+}
+
+impl<N> Default for Delivered<N> {
+    fn default() -> Self {
+        Delivered {
+            upto: BTreeMap::new(),
+        }
+    }
 }
 
 impl<N: Clone + Ord> Delivered<N> {
     /// A new view for `nexus`: it starts after everything already logged.
     pub fn attach(&mut self, nexus: N, log: &UaLog<N>) {
         self.upto.insert(nexus, log.last_seq());
+    }
+
+    /// Whether `nexus` is one of ours.
+    #[must_use]
+    pub fn is_attached(&self, nexus: &N) -> bool {
+        self.upto.contains_key(nexus)
     }
 
     /// The view for `nexus` is gone.

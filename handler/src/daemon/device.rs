@@ -12,7 +12,7 @@ use super::pool::Job;
 use super::serve::{Done, uio_dev_path};
 use crate::config::{Config, DeviceConfig};
 use crate::configfs::{DeviceDir, ResetRing};
-use crate::lu::{Lu, Lus, Resolver, View};
+use crate::lu::{Lu, Lus, Resolver, Sharing, View};
 use crate::netlink::Reconfig;
 use crate::ring::{InFlightCmd, Response, Ring, TmrEvent, TmrType, UioFd};
 use crate::scsi::opcode::{Direction, direction};
@@ -71,8 +71,9 @@ impl Device {
         config: &Config,
         lus: &Lus,
         resolver: &Resolver,
+        sharing: &Sharing,
     ) -> Result<Self, DeviceError> {
-        Self::open(dev, config, lus, resolver, false)
+        Self::open(dev, config, lus, resolver, sharing, false)
     }
 
     /// Serves a device enabled before we started: its ring may hold entries a
@@ -83,8 +84,9 @@ impl Device {
         config: &Config,
         lus: &Lus,
         resolver: &Resolver,
+        sharing: &Sharing,
     ) -> Result<Self, DeviceError> {
-        Self::open(dev, config, lus, resolver, true)
+        Self::open(dev, config, lus, resolver, sharing, true)
     }
 
     fn open(
@@ -92,6 +94,7 @@ impl Device {
         config: &Config,
         lus: &Lus,
         resolver: &Resolver,
+        sharing: &Sharing,
         recover: bool,
     ) -> Result<Self, DeviceError> {
         let id = dev.id.clone();
@@ -107,6 +110,7 @@ impl Device {
             .get_or_open(&cfg, || {
                 Lu::open(
                     &cfg,
+                    sharing,
                     attribs.hw_block_size,
                     attribs.hw_max_sectors,
                     attribs.dev_size,

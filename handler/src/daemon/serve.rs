@@ -22,9 +22,9 @@ use tracing::{debug, error, info, warn};
 use super::device::Device;
 use super::notify;
 use super::pool::Pool;
-use crate::config::Config;
+use crate::config::{ClusterMode, Config};
 use crate::configfs::ModuleParams;
-use crate::lu::{Lus, Resolver};
+use crate::lu::{Lus, Resolver, Sharing};
 use crate::netlink::{EventKind, Received, TcmuNetlink};
 use crate::ring::{Event as RingEvent, InFlightCmd, Response};
 use crate::uio::{self, TcmuName};
@@ -87,6 +87,8 @@ pub(super) struct Daemon {
     devices: HashMap<Token, Device>,
     lus: Lus,
     resolver: Resolver,
+    /// Local state, or the cluster thread every LU's state goes through.
+    sharing: Sharing,
     by_minor: HashMap<u32, Token>,
     next_token: usize,
     stopping: Option<Instant>,
@@ -127,6 +129,16 @@ impl Daemon {
 
         let workers = opts.config.daemon.worker_threads.get();
         let pool = Pool::new(workers, "tcmu-prd-io").map_err(io_err("starting worker threads"))?;
+        let cl = &opts.config.cluster;
+        let sharing = match cl.mode {
+            ClusterMode::Local => Sharing::Local,
+            ClusterMode::Dlm => {
+                let timeout = Duration::from_millis(cl.update_timeout_ms.get());
+                info!(lockspace = %cl.lockspace.0, ?timeout, "PR state shared through the DLM");
+                Sharing::dlm(&cl.lockspace.0, timeout)
+                    .map_err(io_err("starting the cluster thread"))?
+            }
+        };
         let mut d = Daemon {
             opts,
             poll,
@@ -139,6 +151,7 @@ impl Daemon {
             devices: HashMap::new(),
             lus: Lus::default(),
             resolver: Resolver::spawn().map_err(io_err("starting the nexus resolver"))?,
+            sharing,
             by_minor: HashMap::new(),
             next_token: FIRST_DEVICE,
             stopping: None,
@@ -159,7 +172,13 @@ impl Daemon {
                 debug!(device = %dev.id, "not ours (subtype or filter)");
                 continue;
             }
-            match Device::adopt(&dev, &self.opts.config, &self.lus, &self.resolver) {
+            match Device::adopt(
+                &dev,
+                &self.opts.config,
+                &self.lus,
+                &self.resolver,
+                &self.sharing,
+            ) {
                 Ok(device) => self.insert(device),
                 Err(e) => error!(device = %dev.id, "cannot serve: {e}"),
             }
@@ -313,7 +332,13 @@ impl Daemon {
                     map_size: 0,
                     id: id.clone(),
                 };
-                match Device::open_new(&dev, &self.opts.config, &self.lus, &self.resolver) {
+                match Device::open_new(
+                    &dev,
+                    &self.opts.config,
+                    &self.lus,
+                    &self.resolver,
+                    &self.sharing,
+                ) {
                     Ok(device) => {
                         self.insert(device);
                         self.reply(EventKind::Added, ev.device_id, 0, Some(&name));
@@ -451,6 +476,7 @@ pub fn run(opts: RunOptions) -> Result<(), DaemonError> {
     for t in devices {
         d.remove(t);
     }
+    d.sharing.shutdown();
     r
 }
 

@@ -4,7 +4,9 @@
 
 pub mod resolver;
 pub mod state;
+pub mod sync;
 pub mod view;
 
 pub use resolver::Resolver;
+pub use sync::Sharing;
 pub use view::{Lu, Lus, OpenError, View};

@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::pr::PrState;
+use crate::cluster::ua::UaLog;
+use crate::pr::{Nexus, PrState};
 
 /// The state format this build writes and reads.
 pub const FORMAT: u32 = 1;
@@ -63,6 +64,10 @@ pub struct LuState {
     /// port identifier, unique across the cluster (DESIGN.md §2).
     pub ports: BTreeMap<String, u16>,
     pub pr: PrState,
+    /// Unit attentions for nexuses served by any node (cluster mode only;
+    /// absent in states written before it existed).
+    #[serde(default)]
+    pub uas: UaLog<Nexus>,
 }
 
 /// Why stored state bytes are unusable.
@@ -88,6 +93,7 @@ impl LuState {
             identity,
             ports: BTreeMap::new(),
             pr: PrState::default(),
+            uas: UaLog::default(),
         }
     }
 

@@ -15,10 +15,11 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 
 use tracing::{error, info, warn};
 
-use super::state::{Identity, LuState, StateError};
+use super::state::{LuState, StateError};
+use super::sync::{Sharing, StateSync, SyncError};
 use crate::backing::Backing;
 use crate::backing::{FileBacking, FileOptions};
-use crate::cluster::store::{Snapshot, Store, StoreError};
+use crate::cluster::store::StoreError;
 use crate::config::DeviceConfig;
 use crate::nexus::{self, ViewNexus};
 use crate::pr::{self, TransportId, UaQueues};
@@ -71,13 +72,6 @@ impl OpenError {
     }
 }
 
-/// The local state synchroniser: the store and the state it last held.
-#[derive(Debug)]
-struct Local {
-    store: Store,
-    snap: Option<Snapshot>,
-}
-
 /// One logical unit, shared by its views on this node.
 #[derive(Debug)]
 pub struct Lu {
@@ -85,8 +79,8 @@ pub struct Lu {
     /// The medium, typed, for live resizing.
     file: Arc<FileBacking>,
     scsi: scsi::Lu,
-    sync: Mutex<Local>,
-    state: RwLock<Arc<LuState>>,
+    /// Where the state lives: this node's store, or the cluster protocol.
+    sync: StateSync,
     /// Data commands: shared; PR changes: exclusive.
     gate: RwLock<()>,
     uas: Mutex<UaQueues>,
@@ -97,16 +91,13 @@ pub struct Lu {
     spc2_session: Mutex<Option<(pr::Nexus, Option<String>)>>,
 }
 
-fn store_error_to_sense() -> SenseInfo {
-    // The state could not be made durable: the command did not take effect.
-    SenseInfo::new(scsi::sense::INTERNAL_TARGET_FAILURE)
-}
-
 impl Lu {
     /// Opens the LU of `cfg`'s image: its backing, its state store (creating
-    /// the identity on first use), and the SCSI emulation over both.
+    /// the identity on first use), and the SCSI emulation over both;
+    /// `sharing` says whether the state is this node's alone or the cluster's.
     pub fn open(
         cfg: &DeviceConfig,
+        sharing: &Sharing,
         block_size: u32,
         hw_max_sectors: u32,
         dev_size: u64,
@@ -142,27 +133,7 @@ impl Lu {
                 block_size,
             });
         }
-        let store = Store::open(&cfg.state, true, store_direct(&cfg.state))?;
-        let (snap, state) = match store.read()? {
-            Some(snap) => {
-                let st = LuState::decode(&snap.payload).map_err(|source| OpenError::State {
-                    path: cfg.state.clone(),
-                    source,
-                })?;
-                (Some(snap), st)
-            }
-            None => {
-                let id = Identity::generate().map_err(|e| StoreError::Io {
-                    path: cfg.state.clone(),
-                    op: "reading /dev/urandom",
-                    source: e,
-                })?;
-                let st = LuState::new(id);
-                let snap = store.write(None, &st.encode())?;
-                info!(image = %cfg.image.display(), serial = %st.identity.serial, "created LU identity");
-                (Some(snap), st)
-            }
-        };
+        let (sync, state) = StateSync::open(cfg, sharing)?;
         let identity = LuIdentity {
             naa: NaaId::new(&state.identity.naa)?,
             serial: cfg
@@ -182,13 +153,15 @@ impl Lu {
         lc.tpgs = 1;
         let file = Arc::new(backing);
         let backing: Arc<dyn Backing> = file.clone();
-        let scsi = scsi::Lu::new(lc, backing)?;
+        let mut scsi = scsi::Lu::new(lc, backing)?;
+        if let Some(hook) = sync.caw_hook() {
+            scsi.set_caw_hook(hook);
+        }
         Ok(Lu {
             image: cfg.image.clone(),
             file,
             scsi,
-            sync: Mutex::new(Local { store, snap }),
-            state: RwLock::new(Arc::new(state)),
+            sync,
             gate: RwLock::new(()),
             uas: Mutex::new(UaQueues::default()),
             views: Mutex::new(Vec::new()),
@@ -214,41 +187,22 @@ impl Lu {
         &self.scsi
     }
 
-    /// The current state.
+    /// The last known state (may lag the cluster's newest by the commands
+    /// not yet admitted here; commands use `sync().admit()`).
     #[must_use]
     pub fn state(&self) -> Arc<LuState> {
-        self.state
-            .read()
-            .map(|s| s.clone())
-            .unwrap_or_else(|p| p.into_inner().clone())
+        self.sync.current()
     }
 
-    /// Applies `f` to the newest state and makes the result durable before
-    /// returning. `f` returns (its result, the new state if it changed).
-    fn update<R>(&self, f: impl FnOnce(&LuState) -> (R, Option<LuState>)) -> Result<R, StoreError> {
-        let mut local = self
-            .sync
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let current = self.state();
-        let (r, new) = f(&current);
-        if let Some(new) = new {
-            let snap = local.store.write(local.snap.as_ref(), &new.encode())?;
-            local.snap = Some(snap);
-            *self
-                .state
-                .write()
-                .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(new);
-        }
-        Ok(r)
+    /// How the state is kept (admission, updates, cluster counters).
+    #[must_use]
+    pub fn sync(&self) -> &StateSync {
+        &self.sync
     }
 
     /// LOGICAL UNIT RESET: releases the SPC-2 reservation durably.
     pub fn reset(&self) {
-        let r = self.update(|st| {
-            let new = pr::lu_reset(&st.pr).map(|pr| LuState { pr, ..st.clone() });
-            (new.is_some(), new)
-        });
+        let r = self.update_pr(pr::lu_reset);
         match r {
             Ok(true) => {
                 info!(image = %self.image.display(), "LU reset released the SPC-2 reservation")
@@ -256,6 +210,19 @@ impl Lu {
             Ok(false) => {}
             Err(e) => error!(image = %self.image.display(), "LU reset: state not saved: {e}"),
         }
+    }
+
+    /// Changes the PR state durably (through the cluster when clustered)
+    /// with `f`, which returns the new PR state if anything changes.
+    fn update_pr(
+        &self,
+        f: impl FnOnce(&pr::PrState) -> Option<pr::PrState> + Send + 'static,
+    ) -> Result<bool, SyncError> {
+        let (changed, _) = self.sync.update(move |st| {
+            let new = f(&st.pr).map(|pr| LuState { pr, ..st.clone() });
+            (new.is_some(), new, Vec::new())
+        })?;
+        Ok(changed)
     }
 
     /// Registers a view of this LU on this node.
@@ -302,10 +269,8 @@ impl Lu {
         if !lost {
             return false;
         }
-        let r = self.update(|st| {
-            let new = pr::nexus_lost(&st.pr, &holder).map(|pr| LuState { pr, ..st.clone() });
-            (new.is_some(), new)
-        });
+        let h = holder.clone();
+        let r = self.update_pr(move |pr| pr::nexus_lost(pr, &h));
         if matches!(r, Ok(true)) {
             info!(image = %self.image.display(), holder = ?holder.initiator, "SPC-2 reservation released: its I_T nexus is gone");
             if let Ok(mut s) = self.spc2_session.lock() {
@@ -317,41 +282,36 @@ impl Lu {
     }
 
     /// The RTPI of target port `name`, assigning one (durably) if new.
-    pub fn rtpi_for(&self, name: &str) -> Result<u16, StoreError> {
+    pub fn rtpi_for(&self, name: &str) -> Result<u16, SyncError> {
         if let Some(r) = self.state().rtpi(name) {
             return Ok(r);
         }
-        self.update(|s| {
+        let owned = name.to_owned();
+        let (r, _) = self.sync.update(move |s| {
             let mut n = s.clone();
-            match n.assign_rtpi(name) {
-                Ok(r) => (Some(r), Some(n)),
-                Err(_) => (None, None),
+            match n.assign_rtpi(&owned) {
+                Ok(r) => (Some(r), Some(n), Vec::new()),
+                Err(_) => (None, None, Vec::new()),
             }
-        })?
-        .ok_or_else(|| StoreError::Corrupt {
-            path: self.image.clone(),
-            detail: "no RTPI left".into(),
-        })
-    }
-
-    fn target_ports(&self) -> Vec<pr::TargetPort> {
-        self.state()
-            .ports
-            .iter()
-            .map(|(name, &rtpi)| pr::TargetPort {
-                rtpi,
-                name: name.clone(),
+        })?;
+        r.ok_or_else(|| {
+            SyncError::Store(StoreError::Corrupt {
+                path: self.image.clone(),
+                detail: "no RTPI left".into(),
             })
-            .collect()
+        })
     }
 }
 
-/// Whether the store may use O_DIRECT: tmpfs (tests) has none.
-fn store_direct(path: &Path) -> bool {
-    let dir = path.parent().unwrap_or(Path::new("/"));
-    rustix::fs::statfs(dir)
-        .map(|s| s.f_type != 0x0102_1994)
-        .unwrap_or(true)
+fn target_ports(state: &LuState) -> Vec<pr::TargetPort> {
+    state
+        .ports
+        .iter()
+        .map(|(name, &rtpi)| pr::TargetPort {
+            rtpi,
+            name: name.clone(),
+        })
+        .collect()
 }
 
 /// All LUs of this node, by image path, shared by their views.
@@ -663,6 +623,9 @@ impl View {
             Who::One { nexus, port, .. } => (nexus.clone(), *port),
             Who::Ambiguous(_) => (anonymous(), scsi::TargetPort::default()),
         };
+        if let Err(e) = self.lu.sync.sync_uas(&nexus, &self.lu.uas) {
+            return super::sync::refusal(&self.lu.scsi, &e);
+        }
         if !ua_exempt(cdb) {
             let ua = self.lu.uas.lock().ok().and_then(|mut q| q.take(&nexus));
             if let Some(ua) = ua {
@@ -680,13 +643,19 @@ impl View {
             .gate
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let state = self.lu.state();
-        if pr::check_access(&state.pr, &nexus, cdb) == pr::Access::Conflict {
-            let spc2_other = state
+        // Held until the command ends: a cluster update drains it first.
+        let admitted = match self.lu.sync.admit() {
+            Ok(a) => a,
+            Err(e) => return super::sync::refusal(&self.lu.scsi, &e),
+        };
+        if pr::check_access(&admitted.state().pr, &nexus, cdb) == pr::Access::Conflict {
+            let spc2_other = admitted
+                .state()
                 .pr
                 .spc2_holder
                 .as_ref()
                 .is_some_and(|h| !h.matches(&nexus));
+            drop(admitted);
             drop(_gate);
             if !(spc2_other && self.lu.release_lost_spc2()) {
                 return Self::status_only(scsi::sense::status::RESERVATION_CONFLICT);
@@ -711,7 +680,6 @@ impl View {
         }
         let mut params = vec![0u8; data_out.iter().map(|s| s.len()).sum()];
         crate::backing::iov::gather(data_out, 0, &mut params);
-        let ports = self.lu.target_ports();
         // Exclusive: no data command of this LU runs while the state changes.
         let _gate = if changes {
             Some(
@@ -723,42 +691,62 @@ impl View {
         } else {
             None
         };
-        let run = || {
-            self.lu.update(|st| {
-                let out = pr::execute(&st.pr, &ports, nexus, cdb, &params);
+        let (nexus, cdb_owned) = (nexus.clone(), cdb.to_vec());
+        let make_run = || {
+            let (nexus, cdb_owned, params) = (nexus.clone(), cdb_owned.clone(), params.clone());
+            move |st: &LuState| {
+                let out = pr::execute(&st.pr, &target_ports(st), &nexus, &cdb_owned, &params);
                 let new = out.new_state.clone().map(|pr| LuState { pr, ..st.clone() });
-                (out, new)
-            })
+                let uas = out.unit_attentions.clone();
+                (out, new, uas)
+            }
         };
-        let mut result = run();
-        if matches!(&result, Ok(o) if o.status == pr::Status::ReservationConflict)
+        let exec = || {
+            if changes {
+                self.lu.sync.update(make_run())
+            } else {
+                // PR IN: a read of the admitted state, no cluster update.
+                self.lu
+                    .sync
+                    .admit()
+                    .map(|a| {
+                        let (out, _, _) = make_run()(a.state());
+                        (out, Vec::new())
+                    })
+                    .map_err(SyncError::from)
+            }
+        };
+        let mut result = exec();
+        // A conflict with an SPC-2 reservation whose I_T nexus is gone
+        // (logout, connection loss): release it and try once more.
+        if matches!(&result, Ok((o, _)) if o.status == pr::Status::ReservationConflict)
             && self
                 .lu
                 .state()
                 .pr
                 .spc2_holder
                 .as_ref()
-                .is_some_and(|h| !h.matches(nexus))
+                .is_some_and(|h| !h.matches(&nexus))
             && self.lu.release_lost_spc2()
         {
-            result = run();
+            result = exec();
         }
         let reserved = matches!(cdb[0], 0x16 | 0x56)
-            && matches!(&result, Ok(o) if o.status == pr::Status::Good);
+            && matches!(&result, Ok((o, _)) if o.status == pr::Status::Good);
         if reserved && let Ok(mut s) = self.lu.spc2_session.lock() {
             *s = Some((nexus.clone(), self.session_token()));
         }
-        let out = match result {
-            Ok(out) => out,
+        let (out, local_uas) = match result {
+            Ok(r) => r,
             Err(e) => {
-                error!(view = %self.name, "reservation change not made durable, command failed: {e}");
-                return self.check(&store_error_to_sense());
+                error!(view = %self.name, "reservation command failed, state unchanged: {e}");
+                return e.response(&self.lu.scsi);
             }
         };
-        if !out.unit_attentions.is_empty()
+        if !local_uas.is_empty()
             && let Ok(mut q) = self.lu.uas.lock()
         {
-            q.establish(&out.unit_attentions);
+            q.establish(&local_uas);
         }
         if !out.abort.is_empty() {
             info!(view = %self.name, preempted = out.abort.len(), "PREEMPT AND ABORT: commands of preempted nexuses drained before completion");

@@ -21,6 +21,8 @@ pub mod status {
 pub mod key {
     /// No error.
     pub const NO_SENSE: u8 = 0x0;
+    /// The LU cannot serve commands now.
+    pub const NOT_READY: u8 = 0x2;
     /// The medium could not be read or written.
     pub const MEDIUM_ERROR: u8 = 0x3;
     /// Target failure.

@@ -1,0 +1,312 @@
+//! The sync layer over the fake DLM: several simulated nodes, each with its
+//! own `Sharing`, driven by one harness thread (the fake is single-threaded).
+
+use std::collections::HashMap;
+use std::sync::mpsc;
+use std::thread;
+
+use crossbeam_channel::{Sender, unbounded};
+
+use super::*;
+use crate::cluster::cache::{Cluster, Done, Wake};
+use crate::cluster::fake::{FakeDlm, FakeNode};
+use crate::pr::TransportId;
+
+enum Req {
+    AddLu(String, Box<dyn StateStore + Send>, Sender<cache::LuHandle>),
+    Update(
+        String,
+        Apply<Reply>,
+        Sender<Result<Updated<Reply>, ClusterError>>,
+    ),
+    CawAcquire(String, Sender<Result<u64, ClusterError>>),
+    CawRelease(String, u64),
+}
+
+#[derive(Debug)]
+struct Node {
+    n: usize,
+    tx: Sender<(usize, Req)>,
+}
+
+fn gone<T>(_: T) -> ClusterError {
+    ClusterError::Unavailable("harness stopped".into())
+}
+
+impl Backend for Node {
+    fn add_lu(
+        &self,
+        id: &str,
+        store: Box<dyn StateStore + Send>,
+    ) -> Result<Receiver<cache::LuHandle>, ClusterError> {
+        let (t, r) = unbounded();
+        self.tx
+            .send((self.n, Req::AddLu(id.into(), store, t)))
+            .map_err(gone)?;
+        Ok(r)
+    }
+    fn update(
+        &self,
+        lu: &str,
+        apply: Apply<Reply>,
+    ) -> Result<Receiver<Result<Updated<Reply>, ClusterError>>, ClusterError> {
+        let (t, r) = unbounded();
+        self.tx
+            .send((self.n, Req::Update(lu.into(), apply, t)))
+            .map_err(gone)?;
+        Ok(r)
+    }
+    fn caw_acquire(&self, lu: &str) -> Result<Receiver<Result<u64, ClusterError>>, ClusterError> {
+        let (t, r) = unbounded();
+        self.tx
+            .send((self.n, Req::CawAcquire(lu.into(), t)))
+            .map_err(gone)?;
+        Ok(r)
+    }
+    fn caw_release(&self, lu: &str, token: u64) -> Result<(), ClusterError> {
+        self.tx
+            .send((self.n, Req::CawRelease(lu.into(), token)))
+            .map_err(gone)
+    }
+}
+
+type Replies = (
+    HashMap<(usize, u64), Sender<Result<Updated<Reply>, ClusterError>>>,
+    HashMap<(usize, u64), Sender<Result<u64, ClusterError>>>,
+);
+
+/// `nodes` simulated nodes sharing one fake lockspace.
+fn cluster(nodes: usize) -> Vec<Sharing> {
+    let (tx, rx) = unbounded::<(usize, Req)>();
+    let readies: Vec<Arc<Ready>> = (0..nodes).map(|_| Arc::new(Ready::default())).collect();
+    let rs = readies.clone();
+    thread::spawn(move || {
+        let dlm = FakeDlm::new(nodes);
+        let cfg = cache::Config {
+            update_timeout: Duration::from_secs(3),
+            admit_timeout: Duration::from_secs(3),
+            retry_after: Duration::from_millis(100),
+        };
+        let mut cs: Vec<Cluster<FakeNode, Box<dyn StateStore + Send>, Reply>> = (0..nodes)
+            .map(|n| {
+                let r = rs[n].clone();
+                let notify: cache::Notify = Arc::new(move |w| {
+                    if let Wake::Lu(_) = w {
+                        r.bump();
+                    }
+                });
+                Cluster::new(dlm.node(n), cfg.clone(), notify)
+            })
+            .collect();
+        let mut replies: Replies = (HashMap::new(), HashMap::new());
+        let mut tag = 0u64;
+        loop {
+            let now = Instant::now();
+            match rx.recv_timeout(Duration::from_millis(1)) {
+                Ok((n, req)) => {
+                    tag += 1;
+                    match req {
+                        Req::AddLu(id, store, reply) => {
+                            let _ = reply.send(cs[n].add_lu(&id, store));
+                        }
+                        Req::Update(lu, apply, reply) => {
+                            replies.0.insert((n, tag), reply);
+                            cs[n].update(&lu, tag, apply, now);
+                        }
+                        Req::CawAcquire(lu, reply) => {
+                            replies.1.insert((n, tag), reply);
+                            cs[n].caw_acquire(&lu, tag, now);
+                        }
+                        Req::CawRelease(lu, t) => cs[n].caw_release(&lu, t, now),
+                    }
+                }
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
+            }
+            for (n, c) in cs.iter_mut().enumerate() {
+                c.step(now);
+                for d in c.take_done() {
+                    match d {
+                        Done::Update { tag, result, .. } => {
+                            if let Some(r) = replies.0.remove(&(n, tag)) {
+                                let _ = r.send(result);
+                            }
+                        }
+                        Done::Caw { tag, result, .. } => {
+                            if let Some(r) = replies.1.remove(&(n, tag)) {
+                                let _ = r.send(result.map(|()| tag));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    });
+    readies
+        .into_iter()
+        .enumerate()
+        .map(|(n, ready)| {
+            Sharing::with_backend(
+                Box::new(Node { n, tx: tx.clone() }),
+                ready,
+                Duration::from_secs(3),
+                None,
+            )
+        })
+        .collect()
+}
+
+fn device(dir: &Path) -> DeviceConfig {
+    let img = dir.join("lu.img");
+    std::fs::write(&img, vec![0u8; 4096]).unwrap();
+    DeviceConfig::parse_dev_config(&format!("dlmfile/{}", img.display())).unwrap()
+}
+
+fn nexus(i: u64) -> Nexus {
+    Nexus {
+        initiator: TransportId::Sas { address: i },
+        rtpi: 1,
+    }
+}
+
+fn bump_generation(s: &LuState) -> (u32, Option<LuState>, Vec<UnitAttention>) {
+    let mut n = s.clone();
+    n.pr.generation += 1;
+    (n.pr.generation, Some(n), Vec::new())
+}
+
+#[test]
+fn two_nodes_agree_on_identity_and_see_each_others_updates_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = device(dir.path());
+    let nodes = cluster(2);
+    // Both open a blank store at once: one identity wins, both report it.
+    let (a, b) = thread::scope(|s| {
+        let ha = s.spawn(|| StateSync::open(&cfg, &nodes[0]).unwrap());
+        let hb = s.spawn(|| StateSync::open(&cfg, &nodes[1]).unwrap());
+        (ha.join().unwrap(), hb.join().unwrap())
+    });
+    let ((a, sa), (b, sb)) = (a, b);
+    assert_eq!(sa.identity, sb.identity);
+    for i in 1..=5 {
+        let (node, other) = if i % 2 == 0 { (&a, &b) } else { (&b, &a) };
+        let (g, local) = node.update(bump_generation).unwrap();
+        assert_eq!(g, i);
+        assert!(local.is_empty(), "cluster UAs go to the log");
+        // No node can serve the old state once the update returned.
+        assert_eq!(other.admit().unwrap().state().pr.generation, i);
+        assert_eq!(node.admit().unwrap().state().pr.generation, i);
+    }
+    // Steady state: no lock traffic per command.
+    let before = (a.dlm_requests(), b.dlm_requests());
+    for _ in 0..100 {
+        drop(a.admit().unwrap());
+        drop(b.admit().unwrap());
+    }
+    assert_eq!((a.dlm_requests(), b.dlm_requests()), before);
+    assert!(before.0.unwrap() > 0 && before.1.unwrap() > 0);
+}
+
+#[test]
+fn an_update_waits_for_commands_in_flight_on_the_other_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = device(dir.path());
+    let nodes = cluster(2);
+    let (a, _) = StateSync::open(&cfg, &nodes[0]).unwrap();
+    let (b, _) = StateSync::open(&cfg, &nodes[1]).unwrap();
+    let running = b.admit().unwrap();
+    let (tx, rx) = mpsc::channel();
+    thread::scope(|s| {
+        s.spawn(|| tx.send(a.update(bump_generation).map(|r| r.0)).unwrap());
+        assert!(
+            rx.recv_timeout(Duration::from_millis(300)).is_err(),
+            "the update completed while a command of the old state ran"
+        );
+        assert_eq!(running.state().pr.generation, 0);
+        drop(running);
+        assert_eq!(rx.recv_timeout(Duration::from_secs(3)).unwrap().unwrap(), 1);
+    });
+    assert_eq!(b.admit().unwrap().state().pr.generation, 1);
+}
+
+#[test]
+fn unit_attentions_reach_the_node_serving_the_nexus_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = device(dir.path());
+    let nodes = cluster(2);
+    let (a, _) = StateSync::open(&cfg, &nodes[0]).unwrap();
+    let (b, _) = StateSync::open(&cfg, &nodes[1]).unwrap();
+    let (qa, qb) = (
+        Mutex::new(UaQueues::default()),
+        Mutex::new(UaQueues::default()),
+    );
+    let (x, y) = (nexus(0x10), nexus(0x20));
+    // x is served by node b, y by node a (first command attaches).
+    b.sync_uas(&x, &qb).unwrap();
+    a.sync_uas(&y, &qa).unwrap();
+    let target = x.clone();
+    a.update(move |s| {
+        let uas = vec![UnitAttention {
+            nexus: target,
+            ua: Ua::RegistrationsPreempted,
+        }];
+        ((), Some(s.clone()), uas)
+    })
+    .unwrap();
+    a.sync_uas(&y, &qa).unwrap();
+    assert!(!qa.lock().unwrap().has_pending(&x), "not a's nexus");
+    b.sync_uas(&x, &qb).unwrap();
+    assert_eq!(
+        qb.lock().unwrap().take(&x),
+        Some(Ua::RegistrationsPreempted)
+    );
+    b.sync_uas(&x, &qb).unwrap();
+    assert_eq!(qb.lock().unwrap().take(&x), None, "delivered once");
+}
+
+#[test]
+fn compare_and_write_is_exclusive_across_nodes() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = device(dir.path());
+    let nodes = cluster(2);
+    let (a, _) = StateSync::open(&cfg, &nodes[0]).unwrap();
+    let (b, _) = StateSync::open(&cfg, &nodes[1]).unwrap();
+    let (ha, hb) = (a.caw_hook().unwrap(), b.caw_hook().unwrap());
+    let held = ha.enter(Lba(0), Blocks(1)).unwrap();
+    let (tx, rx) = mpsc::channel();
+    thread::scope(|s| {
+        s.spawn(|| {
+            let g = hb.enter(Lba(0), Blocks(1)).unwrap();
+            tx.send(()).unwrap();
+            drop(g);
+        });
+        assert!(rx.recv_timeout(Duration::from_millis(300)).is_err());
+        drop(held);
+        rx.recv_timeout(Duration::from_secs(3)).unwrap();
+    });
+}
+
+#[test]
+fn local_mode_keeps_the_in_memory_path_and_hands_uas_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = device(dir.path());
+    let (l, st) = StateSync::open(&cfg, &Sharing::Local).unwrap();
+    assert!(l.caw_hook().is_none() && l.dlm_requests().is_none());
+    let q = Mutex::new(UaQueues::default());
+    l.sync_uas(&nexus(1), &q).unwrap();
+    let (g, uas) = l
+        .update(|s| {
+            let (g, n, _) = bump_generation(s);
+            let ua = UnitAttention {
+                nexus: nexus(1),
+                ua: Ua::ReservationsReleased,
+            };
+            (g, n, vec![ua])
+        })
+        .unwrap();
+    assert_eq!((g, uas.len()), (1, 1));
+    assert_eq!(l.admit().unwrap().state().pr.generation, 1);
+    // Durable: reopening reads it back, same identity.
+    let (_, again) = StateSync::open(&cfg, &Sharing::Local).unwrap();
+    assert_eq!((again.pr.generation, again.identity), (1, st.identity));
+}
