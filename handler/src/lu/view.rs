@@ -82,8 +82,8 @@ struct Local {
 #[derive(Debug)]
 pub struct Lu {
     image: PathBuf,
-    /// The medium, typed, for live resizing.
-    file: Arc<FileBacking>,
+    /// The medium, typed, for live resizing (`None`: an in-memory test LU).
+    file: Option<Arc<FileBacking>>,
     scsi: scsi::Lu,
     sync: Mutex<Local>,
     state: RwLock<Arc<LuState>>,
@@ -180,7 +180,7 @@ impl Lu {
         let scsi = scsi::Lu::new(lc, backing)?;
         Ok(Lu {
             image: cfg.image.clone(),
-            file,
+            file: Some(file),
             scsi,
             sync: Mutex::new(Local { store, snap }),
             state: RwLock::new(Arc::new(state)),
@@ -198,7 +198,31 @@ impl Lu {
     /// Changes the exposed size (TCMU `dev_size` reconfiguration); growing
     /// a file past its end only if `grow`.
     pub fn resize(&self, size: u64, grow: bool) -> std::io::Result<()> {
-        self.file.resize(size, grow)
+        match &self.file {
+            Some(file) => file.resize(size, grow),
+            None => Err(std::io::ErrorKind::Unsupported.into()),
+        }
+    }
+
+    /// Test and benchmark use only: an LU over any SCSI emulation (e.g. a
+    /// `MemBacking`) starting in `state`, keeping its state in a store at
+    /// `store` (created). Not resizable.
+    #[doc(hidden)]
+    pub fn for_tests(scsi: scsi::Lu, state: LuState, store: &Path) -> Result<Lu, OpenError> {
+        let store = Store::open(store, true, false)?;
+        let snap = store.write(None, &state.encode())?;
+        Ok(Lu {
+            image: PathBuf::from("(test)"),
+            file: None,
+            scsi,
+            sync: Mutex::new(Local {
+                store,
+                snap: Some(snap),
+            }),
+            state: RwLock::new(Arc::new(state)),
+            gate: RwLock::new(()),
+            uas: Mutex::new(UaQueues::default()),
+        })
     }
 
     /// The SCSI emulation.
@@ -461,6 +485,16 @@ impl View {
             .fetch_add(1, std::sync::atomic::Ordering::Release);
     }
 
+    /// Test and benchmark use only: sets the resolved nexus directly, as
+    /// [`View::refresh_nexus`] would from configfs.
+    #[doc(hidden)]
+    pub fn set_nexus_for_tests(&self, nexus: pr::Nexus, port: scsi::TargetPort) {
+        *self
+            .who
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Who::One { nexus, port });
+    }
+
     pub(super) fn set_resolver(&self, r: super::Resolver) {
         *self
             .resolver
@@ -689,6 +723,51 @@ fn protocol_id(fabric: &str) -> Option<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The test-only constructors give a working view: the conflict check
+    /// sees the nexus that was set and the state the LU was built with.
+    #[test]
+    fn test_view_over_mem_backing() {
+        use crate::pr::{Holder, PrType, Registration, Reservation};
+        let dir = tempfile::tempdir().unwrap();
+        let id = Identity::from_random(&[1; 13]);
+        let identity = LuIdentity {
+            naa: NaaId::new(&id.naa).unwrap(),
+            serial: id.serial.clone(),
+            vendor: "LIO-ORG".into(),
+            product: "tcmu-prd".into(),
+            revision: "0001".into(),
+        };
+        let backing = Arc::new(crate::backing::MemBacking::new(1 << 20, 4096));
+        let scsi = scsi::Lu::new(LuConfig::new(512, identity), backing).unwrap();
+        let holder = pr::Nexus {
+            initiator: TransportId::Sas { address: 1 },
+            rtpi: 1,
+        };
+        let mut state = LuState::new(id);
+        state.pr.registrations.push(Registration {
+            nexus: holder.clone(),
+            key: 1,
+            all_tg_pt: false,
+        });
+        state.pr.reservation = Some(Reservation {
+            holder: Holder::Nexus(holder.clone()),
+            kind: PrType::WriteExclusive,
+        });
+        let lu = Arc::new(Lu::for_tests(scsi, state, &dir.path().join("state")).unwrap());
+        assert!(lu.resize(1 << 21, true).is_err());
+        let view = View::new(lu, "test".into(), PathBuf::new(), PathBuf::new());
+        let write = [0x2a, 0, 0, 0, 0, 0, 0, 0, 1, 0];
+        let block = [0u8; 512];
+        let out = [IoSlice::new(&block)];
+        // Not resolved yet: the anonymous nexus, which does not hold it.
+        let r = view.execute(&write, &out, &mut []);
+        assert_eq!(r.status, scsi::sense::status::RESERVATION_CONFLICT);
+        view.set_nexus_for_tests(holder, scsi::TargetPort::default());
+        assert!(view.resolved());
+        let r = view.execute(&write, &out, &mut []);
+        assert_eq!(r.status, scsi::sense::status::GOOD);
+    }
 
     #[test]
     fn transport_ids_per_fabric() {
