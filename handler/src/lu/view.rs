@@ -346,7 +346,9 @@ pub struct View {
     name: String,
     target_root: PathBuf,
     backstore: PathBuf,
-    who: RwLock<Option<Who>>,
+    /// Shared so that each command takes it with a reference count, not a
+    /// copy of the initiator name.
+    who: RwLock<Option<Arc<Who>>>,
     /// Bumped after every resolution, so a waiter knows a fresh one happened.
     resolutions: std::sync::atomic::AtomicU64,
     resolver: Mutex<Option<super::Resolver>>,
@@ -465,8 +467,11 @@ impl View {
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let changed = match (&*cur, &who) {
-            (Some(Who::One { nexus: a, .. }), Who::One { nexus: b, .. }) => a != b,
-            (Some(Who::Ambiguous(a)), Who::Ambiguous(b)) => a != b,
+            (Some(old), new) => match (&**old, new) {
+                (Who::One { nexus: a, .. }, Who::One { nexus: b, .. }) => a != b,
+                (Who::Ambiguous(a), Who::Ambiguous(b)) => a != b,
+                _ => true,
+            },
             _ => true,
         };
         if changed {
@@ -480,7 +485,7 @@ impl View {
                 }
             }
         }
-        *cur = Some(who);
+        *cur = Some(Arc::new(who));
         self.resolutions
             .fetch_add(1, std::sync::atomic::Ordering::Release);
     }
@@ -492,7 +497,8 @@ impl View {
         *self
             .who
             .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Who::One { nexus, port });
+            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Some(Arc::new(Who::One { nexus, port }));
     }
 
     pub(super) fn set_resolver(&self, r: super::Resolver) {
@@ -504,7 +510,7 @@ impl View {
 
     /// Asks the resolver for a fresh look at configfs and waits for it, at
     /// most `bound` (the resolver may itself be waiting on configfs).
-    fn fresh_who(&self, bound: std::time::Duration) -> Who {
+    fn fresh_who(&self, bound: std::time::Duration) -> Arc<Who> {
         use std::sync::atomic::Ordering;
         let resolver = self.resolver.lock().ok().and_then(|r| r.clone());
         let Some(resolver) = resolver else {
@@ -526,13 +532,13 @@ impl View {
     /// configfs operation on this very LUN waits for it (tcm_loop's LUN link
     /// scans the LUN synchronously), so reading configfs here would deadlock
     /// until the command times out.
-    fn cached_who(&self) -> Option<Who> {
+    fn cached_who(&self) -> Option<Arc<Who>> {
         self.who.read().ok().and_then(|w| w.clone())
     }
 
-    fn who(&self) -> Who {
+    fn who(&self) -> Arc<Who> {
         self.cached_who()
-            .unwrap_or(Who::Ambiguous("I_T nexus not resolved yet".into()))
+            .unwrap_or_else(|| Arc::new(Who::Ambiguous("I_T nexus not resolved yet".into())))
     }
 
     /// Whether the nexus has been resolved at least once.
@@ -544,7 +550,7 @@ impl View {
     /// A short description for `status`: the nexus, or why there is none.
     #[must_use]
     pub fn describe_nexus(&self) -> String {
-        match self.who() {
+        match &*self.who() {
             Who::One { nexus, .. } => format!("{:?} rtpi {}", nexus.initiator, nexus.rtpi),
             Who::Ambiguous(why) => format!("ambiguous: {why}"),
         }
@@ -578,7 +584,7 @@ impl View {
         };
         let is_pr = pr::is_pr_command(op);
         let mut who = self.who();
-        if is_pr && !matches!(who, Who::One { .. }) {
+        if is_pr && !matches!(*who, Who::One { .. }) {
             // ACLs may have changed since the last look: look again, briefly.
             who = self.fresh_who(std::time::Duration::from_millis(1500));
             if !self.resolved() {
@@ -587,18 +593,23 @@ impl View {
                 return Self::status_only(scsi::sense::status::BUSY);
             }
         }
-        let (nexus, port) = match &who {
-            Who::One { nexus, port } => (nexus.clone(), *port),
-            Who::Ambiguous(_) => (anonymous(), scsi::TargetPort::default()),
+        // Borrowed: no copy of the initiator name per command.
+        let anon;
+        let (nexus, port) = match &*who {
+            Who::One { nexus, port } => (nexus, *port),
+            Who::Ambiguous(_) => {
+                anon = anonymous();
+                (&anon, scsi::TargetPort::default())
+            }
         };
         if !ua_exempt(cdb) {
-            let ua = self.lu.uas.lock().ok().and_then(|mut q| q.take(&nexus));
+            let ua = self.lu.uas.lock().ok().and_then(|mut q| q.take(nexus));
             if let Some(ua) = ua {
                 return self.check(&to_scsi_sense(&ua.sense()));
             }
         }
         if is_pr {
-            return self.execute_pr(&who, &nexus, cdb, data_out, data_in);
+            return self.execute_pr(&who, nexus, cdb, data_out, data_in);
         }
         if op == 0xa3 && cdb.get(1).map(|b| b & 0x1f) == Some(0x0a) {
             return self.report_target_port_groups(cdb, data_in);
@@ -609,7 +620,7 @@ impl View {
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let state = self.lu.state();
-        if pr::check_access(&state.pr, &nexus, cdb) == pr::Access::Conflict {
+        if pr::check_access(&state.pr, nexus, cdb) == pr::Access::Conflict {
             return Self::status_only(scsi::sense::status::RESERVATION_CONFLICT);
         }
         self.lu.scsi.execute(&port, cdb, data_out, data_in)
