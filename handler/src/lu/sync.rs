@@ -357,6 +357,17 @@ fn take<R: 'static>(r: Reply) -> Result<R, ClusterError> {
 impl StateSync {
     /// Opens the LU's state: the store (creating the identity on first
     /// use) and, in cluster mode, the LU's entry in the state cache.
+    /// Test and benchmark use only: local state in a new store at `path`.
+    #[doc(hidden)]
+    pub fn local_for_tests(path: &std::path::Path, state: LuState) -> Result<StateSync, OpenError> {
+        let store = Store::open(path, true, false)?;
+        let snap = store.write(None, &state.encode())?;
+        Ok(StateSync::Local(LocalSync {
+            store: Mutex::new((store, Some(snap))),
+            state: RwLock::new(Arc::new(state)),
+        }))
+    }
+
     pub fn open(cfg: &DeviceConfig, sharing: &Sharing) -> Result<(StateSync, LuState), OpenError> {
         let store = Store::open(&cfg.state, true, store_direct(&cfg.state))?;
         match sharing {

@@ -76,8 +76,8 @@ impl OpenError {
 #[derive(Debug)]
 pub struct Lu {
     image: PathBuf,
-    /// The medium, typed, for live resizing.
-    file: Arc<FileBacking>,
+    /// The medium, typed, for live resizing (`None`: an in-memory test LU).
+    file: Option<Arc<FileBacking>>,
     scsi: scsi::Lu,
     /// Where the state lives: this node's store, or the cluster protocol.
     sync: StateSync,
@@ -159,7 +159,7 @@ impl Lu {
         }
         Ok(Lu {
             image: cfg.image.clone(),
-            file,
+            file: Some(file),
             scsi,
             sync,
             gate: RwLock::new(()),
@@ -178,7 +178,28 @@ impl Lu {
     /// Changes the exposed size (TCMU `dev_size` reconfiguration); growing
     /// a file past its end only if `grow`.
     pub fn resize(&self, size: u64, grow: bool) -> std::io::Result<()> {
-        self.file.resize(size, grow)
+        match &self.file {
+            Some(file) => file.resize(size, grow),
+            None => Err(std::io::ErrorKind::Unsupported.into()),
+        }
+    }
+
+    /// Test and benchmark use only: an LU over any SCSI emulation (e.g. a
+    /// `MemBacking`) starting in `state`, keeping its state in a store at
+    /// `store` (created). Not resizable.
+    #[doc(hidden)]
+    pub fn for_tests(scsi: scsi::Lu, state: LuState, store: &Path) -> Result<Lu, OpenError> {
+        let sync = StateSync::local_for_tests(store, state)?;
+        Ok(Lu {
+            image: PathBuf::from("(test)"),
+            file: None,
+            scsi,
+            sync,
+            gate: RwLock::new(()),
+            uas: Mutex::new(UaQueues::default()),
+            views: Mutex::new(Vec::new()),
+            spc2_session: Mutex::new(None),
+        })
     }
 
     /// The SCSI emulation.
@@ -242,7 +263,7 @@ impl Lu {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         v.iter()
             .filter_map(Weak::upgrade)
-            .find(|view| match view.cached_who() {
+            .find(|view| match view.cached_who().as_deref() {
                 Some(Who::One { nexus: n, .. }) => n.matches(nexus),
                 _ => false,
             })
@@ -365,7 +386,9 @@ pub struct View {
     name: String,
     target_root: PathBuf,
     backstore: PathBuf,
-    who: RwLock<Option<Who>>,
+    /// Shared so that each command takes it with a reference count, not a
+    /// copy of the initiator name.
+    who: RwLock<Option<Arc<Who>>>,
     /// Bumped after every resolution, so a waiter knows a fresh one happened.
     resolutions: std::sync::atomic::AtomicU64,
     resolver: Mutex<Option<super::Resolver>>,
@@ -485,8 +508,11 @@ impl View {
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let changed = match (&*cur, &who) {
-            (Some(Who::One { nexus: a, .. }), Who::One { nexus: b, .. }) => a != b,
-            (Some(Who::Ambiguous(a)), Who::Ambiguous(b)) => a != b,
+            (Some(old), new) => match (&**old, new) {
+                (Who::One { nexus: a, .. }, Who::One { nexus: b, .. }) => a != b,
+                (Who::Ambiguous(a), Who::Ambiguous(b)) => a != b,
+                _ => true,
+            },
             _ => true,
         };
         if changed {
@@ -500,9 +526,23 @@ impl View {
                 }
             }
         }
-        *cur = Some(who);
+        *cur = Some(Arc::new(who));
         self.resolutions
             .fetch_add(1, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Test and benchmark use only: sets the resolved nexus directly, as
+    /// [`View::refresh_nexus`] would from configfs.
+    #[doc(hidden)]
+    pub fn set_nexus_for_tests(&self, nexus: pr::Nexus, port: scsi::TargetPort) {
+        *self
+            .who
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::new(Who::One {
+            nexus,
+            port,
+            session_file: PathBuf::new(),
+        }));
     }
 
     pub(super) fn set_resolver(&self, r: super::Resolver) {
@@ -514,7 +554,7 @@ impl View {
 
     /// Asks the resolver for a fresh look at configfs and waits for it, at
     /// most `bound` (the resolver may itself be waiting on configfs).
-    fn fresh_who(&self, bound: std::time::Duration) -> Who {
+    fn fresh_who(&self, bound: std::time::Duration) -> Arc<Who> {
         use std::sync::atomic::Ordering;
         let resolver = self.resolver.lock().ok().and_then(|r| r.clone());
         let Some(resolver) = resolver else {
@@ -536,13 +576,13 @@ impl View {
     /// configfs operation on this very LUN waits for it (tcm_loop's LUN link
     /// scans the LUN synchronously), so reading configfs here would deadlock
     /// until the command times out.
-    fn cached_who(&self) -> Option<Who> {
+    fn cached_who(&self) -> Option<Arc<Who>> {
         self.who.read().ok().and_then(|w| w.clone())
     }
 
-    fn who(&self) -> Who {
+    fn who(&self) -> Arc<Who> {
         self.cached_who()
-            .unwrap_or(Who::Ambiguous("I_T nexus not resolved yet".into()))
+            .unwrap_or_else(|| Arc::new(Who::Ambiguous("I_T nexus not resolved yet".into())))
     }
 
     /// Whether the nexus has been resolved at least once.
@@ -555,7 +595,8 @@ impl View {
     /// helper thread with a bound (configfs can block behind LIO's own
     /// operations): `None` when there is no session.
     fn session_token(&self) -> Option<String> {
-        let Some(Who::One { session_file, .. }) = self.cached_who() else {
+        let who = self.cached_who();
+        let Some(Who::One { session_file, .. }) = who.as_deref() else {
             return None;
         };
         let (tx, rx) = std::sync::mpsc::channel();
@@ -570,13 +611,13 @@ impl View {
             // Unknown: treat the session as alive rather than drop a reservation.
             Err(_) => return Some("unknown".into()),
         };
-        session_of(&session_file, &text)
+        session_of(session_file, &text)
     }
 
     /// A short description for `status`: the nexus, or why there is none.
     #[must_use]
     pub fn describe_nexus(&self) -> String {
-        match self.who() {
+        match &*self.who() {
             Who::One { nexus, .. } => format!("{:?} rtpi {}", nexus.initiator, nexus.rtpi),
             Who::Ambiguous(why) => format!("ambiguous: {why}"),
         }
@@ -610,7 +651,7 @@ impl View {
         };
         let is_pr = pr::is_pr_command(op);
         let mut who = self.who();
-        if is_pr && !matches!(who, Who::One { .. }) {
+        if is_pr && !matches!(*who, Who::One { .. }) {
             // ACLs may have changed since the last look: look again, briefly.
             who = self.fresh_who(std::time::Duration::from_millis(1500));
             if !self.resolved() {
@@ -619,21 +660,26 @@ impl View {
                 return Self::status_only(scsi::sense::status::BUSY);
             }
         }
-        let (nexus, port) = match &who {
-            Who::One { nexus, port, .. } => (nexus.clone(), *port),
-            Who::Ambiguous(_) => (anonymous(), scsi::TargetPort::default()),
+        // Borrowed: no copy of the initiator name per command.
+        let anon;
+        let (nexus, port) = match &*who {
+            Who::One { nexus, port, .. } => (nexus, *port),
+            Who::Ambiguous(_) => {
+                anon = anonymous();
+                (&anon, scsi::TargetPort::default())
+            }
         };
-        if let Err(e) = self.lu.sync.sync_uas(&nexus, &self.lu.uas) {
+        if let Err(e) = self.lu.sync.sync_uas(nexus, &self.lu.uas) {
             return super::sync::refusal(&self.lu.scsi, &e);
         }
         if !ua_exempt(cdb) {
-            let ua = self.lu.uas.lock().ok().and_then(|mut q| q.take(&nexus));
+            let ua = self.lu.uas.lock().ok().and_then(|mut q| q.take(nexus));
             if let Some(ua) = ua {
                 return self.check(&to_scsi_sense(&ua.sense()));
             }
         }
         if is_pr {
-            return self.execute_pr(&who, &nexus, cdb, data_out, data_in);
+            return self.execute_pr(&who, nexus, cdb, data_out, data_in);
         }
         if op == 0xa3 && cdb.get(1).map(|b| b & 0x1f) == Some(0x0a) {
             return self.report_target_port_groups(cdb, data_in);
@@ -648,13 +694,13 @@ impl View {
             Ok(a) => a,
             Err(e) => return super::sync::refusal(&self.lu.scsi, &e),
         };
-        if pr::check_access(&admitted.state().pr, &nexus, cdb) == pr::Access::Conflict {
+        if pr::check_access(&admitted.state().pr, nexus, cdb) == pr::Access::Conflict {
             let spc2_other = admitted
                 .state()
                 .pr
                 .spc2_holder
                 .as_ref()
-                .is_some_and(|h| !h.matches(&nexus));
+                .is_some_and(|h| !h.matches(nexus));
             drop(admitted);
             drop(_gate);
             if !(spc2_other && self.lu.release_lost_spc2()) {
@@ -841,6 +887,51 @@ fn protocol_id(fabric: &str) -> Option<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The test-only constructors give a working view: the conflict check
+    /// sees the nexus that was set and the state the LU was built with.
+    #[test]
+    fn test_view_over_mem_backing() {
+        use crate::pr::{Holder, PrType, Registration, Reservation};
+        let dir = tempfile::tempdir().unwrap();
+        let id = crate::lu::state::Identity::from_random(&[1; 13]);
+        let identity = LuIdentity {
+            naa: NaaId::new(&id.naa).unwrap(),
+            serial: id.serial.clone(),
+            vendor: "LIO-ORG".into(),
+            product: "tcmu-prd".into(),
+            revision: "0001".into(),
+        };
+        let backing = Arc::new(crate::backing::MemBacking::new(1 << 20, 4096));
+        let scsi = scsi::Lu::new(LuConfig::new(512, identity), backing).unwrap();
+        let holder = pr::Nexus {
+            initiator: TransportId::Sas { address: 1 },
+            rtpi: 1,
+        };
+        let mut state = LuState::new(id);
+        state.pr.registrations.push(Registration {
+            nexus: holder.clone(),
+            key: 1,
+            all_tg_pt: false,
+        });
+        state.pr.reservation = Some(Reservation {
+            holder: Holder::Nexus(holder.clone()),
+            kind: PrType::WriteExclusive,
+        });
+        let lu = Arc::new(Lu::for_tests(scsi, state, &dir.path().join("state")).unwrap());
+        assert!(lu.resize(1 << 21, true).is_err());
+        let view = View::new(lu, "test".into(), PathBuf::new(), PathBuf::new());
+        let write = [0x2a, 0, 0, 0, 0, 0, 0, 0, 1, 0];
+        let block = [0u8; 512];
+        let out = [IoSlice::new(&block)];
+        // Not resolved yet: the anonymous nexus, which does not hold it.
+        let r = view.execute(&write, &out, &mut []);
+        assert_eq!(r.status, scsi::sense::status::RESERVATION_CONFLICT);
+        view.set_nexus_for_tests(holder, scsi::TargetPort::default());
+        assert!(view.resolved());
+        let r = view.execute(&write, &out, &mut []);
+        assert_eq!(r.status, scsi::sense::status::GOOD);
+    }
 
     #[test]
     fn transport_ids_per_fabric() {

@@ -164,12 +164,15 @@ pub fn check_access(state: &PrState, nexus: &Nexus, cdb: &[u8]) -> Access {
     let Some(res) = &state.reservation else {
         return Access::Allowed;
     };
+    // The holder of a one-nexus reservation is answered without the scan of
+    // the registrations (O(registrants) string compares).
+    if let Holder::Nexus(h) = &res.holder
+        && h.matches(nexus)
+    {
+        return Access::Allowed;
+    }
     let registered = state.registrations.iter().any(|r| r.nexus.matches(nexus));
-    let holder = match &res.holder {
-        Holder::AllRegistrants => registered,
-        Holder::Nexus(h) => h.matches(nexus),
-    };
-    if holder {
+    if registered && matches!(res.holder, Holder::AllRegistrants) {
         return Access::Allowed;
     }
     let reg_access = registered && res.kind.registrants_have_access();
