@@ -127,7 +127,7 @@ daemon_start() {
   : > "$ART/$name.log"
   TCMU_PRD_LOG="${TCMU_PRD_LOG:-info,tcmu_prd=debug}" "$TCMU_PRD" run "$@" >> "$ART/$name.log" 2>&1 &
   echo $! > "$ART/$name.pid"
-  wait_for 60 "daemon $name ready" grep -q "ready" "$ART/$name.log"
+  wait_for 60 "daemon $name ready" grep -q " ready devices=" "$ART/$name.log"
 }
 
 # daemon_stop NAME [SIGNAL]: stops it and waits; its exit status is left in
