@@ -12,11 +12,15 @@ use crate::config::{DeviceConfig, check};
 /// targetcli prints it under "CFGSTRING FORMAT" in `help create`.
 #[must_use]
 pub fn config_desc() -> String {
+    const IMAGE: &str = "<image>";
+    let width = KEYS
+        .iter()
+        .map(|(k, _)| k.len())
+        .fold(IMAGE.len(), usize::max);
     let mut s = format!(
-        "{SUBTYPE} cfgstring: <image>[;key=value]...\n  \
-         <image>  absolute path of a regular file or block device (on shared storage for a cluster)\n"
+        "{SUBTYPE} cfgstring: {IMAGE}[;key=value]...\n  {IMAGE:<width$}  absolute path of a \
+         regular file or block device (on shared storage for a cluster)\n"
     );
-    let width = KEYS.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
     for (key, what) in KEYS {
         let _ = writeln!(s, "  {key:<width$}  {what}");
     }

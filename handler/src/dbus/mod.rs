@@ -163,7 +163,7 @@ pub fn start(mode: Mode) -> Result<Option<Service>, DbusError> {
     match Service::start() {
         Ok(s) => {
             tracing::info!(
-                name = BUS_NAME,
+                name = %BUS_NAME,
                 object = %handler_path(),
                 unique = %s.unique_name(),
                 "D-Bus service up"

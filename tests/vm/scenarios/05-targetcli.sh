@@ -10,7 +10,7 @@ truncate -s 64M "$img"
 # [daemon] dbus = true: the daemon refuses to start without the service.
 printf '[daemon]\ndbus = true\n' > "$ART/tcmu-prd.toml"
 daemon_start d1 --config "$ART/tcmu-prd.toml"
-check "daemon owns org.kernel.TCMUService1" grep -q "D-Bus service up.*name=org.kernel.TCMUService1" "$ART/d1.log"
+check "daemon owns org.kernel.TCMUService1" grep -q "D-Bus service up.*org.kernel.TCMUService1" "$ART/d1.log"
 
 # The handler object as targetcli reads it (GetManagedObjects, then CheckConfig).
 dbus-send --system --print-reply --dest=org.kernel.TCMUService1 /org/kernel/TCMUService1 \
