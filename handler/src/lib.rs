@@ -7,6 +7,7 @@ pub mod cluster;
 pub mod config;
 pub mod configfs;
 pub mod daemon;
+pub mod dbus;
 pub mod export;
 pub mod logging;
 pub mod lu;

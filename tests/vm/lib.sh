@@ -165,10 +165,18 @@ loop_lun() {
   return 1
 }
 
-# targetcli in the guest needs the system bus and a writable home.
+# targetcli in the guest needs the system bus and a writable home. Our D-Bus
+# policy goes into the guest's /etc (a writable overlay) so tcmu-prd may own
+# org.kernel.TCMUService1 (targetcli's user:dlmfile).
 need_targetcli() {
-  mkdir -p /run/dbus /etc/target
-  pgrep -x dbus-daemon >/dev/null || dbus-daemon --system --fork
+  mkdir -p /run/dbus /etc/target /etc/dbus-1/system.d
+  cp "$ROOT/dist/dbus/org.kernel.TCMUService1.conf" /etc/dbus-1/system.d/
+  if pgrep -x dbus-daemon >/dev/null; then
+    dbus-send --system --type=method_call --dest=org.freedesktop.DBus \
+      /org/freedesktop/DBus org.freedesktop.DBus.ReloadConfig
+  else
+    dbus-daemon --system --fork
+  fi
   export TARGETCLI_HOME; TARGETCLI_HOME=$(mktemp -d)
 }
 

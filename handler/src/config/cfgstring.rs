@@ -30,6 +30,31 @@ pub const STATE_SUFFIX: &str = ".tcmu-prd-state";
 /// Longest `serial=` value (VPD 0x80 kept short enough for T10 designators).
 pub const SERIAL_MAX: usize = 32;
 
+/// Each cfgstring key with its values and meaning, in the order of the
+/// table above: the source of the D-Bus `ConfigDesc` text.
+pub const KEYS: &[(&str, &str)] = &[
+    (
+        "direct=0|1",
+        "open the image with O_DIRECT (default 1; keep 1 on shared storage)",
+    ),
+    (
+        "grow=0|1",
+        "a size larger than the image file extends it (default 0: refused)",
+    ),
+    (
+        "ro=0|1",
+        "read-only LU, reported write-protected (default 0; excludes grow=1)",
+    ),
+    (
+        "state=PATH",
+        "PR state store, absolute, on storage every node sees (default <image>.tcmu-prd-state)",
+    ),
+    (
+        "serial=S",
+        "unit serial, 1-32 of A-Z a-z 0-9 . _ - (default: kept in the state store)",
+    ),
+];
+
 /// A parsed device configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceConfig {
@@ -310,6 +335,23 @@ pub fn check(cfg: &DeviceConfig) -> Result<(), String> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn key_table_is_what_parse_knows() {
+        for (key, _) in KEYS {
+            let name = key.split('=').next().unwrap();
+            let value = match name {
+                "state" => "/s",
+                "serial" => "S1",
+                _ => "0",
+            };
+            let r = DeviceConfig::parse(&format!("/a;{name}={value}"));
+            assert!(r.is_ok(), "{name}: {r:?}");
+            let unknown = CfgError::UnknownKey("x".into()).to_string();
+            assert!(unknown.contains(name), "{unknown:?} lacks {name}");
+        }
+        assert_eq!(KEYS.len(), 5);
+    }
 
     #[test]
     fn defaults() {

@@ -5,6 +5,7 @@
 //! [daemon]
 //! worker_threads = 4
 //! log_level = "info"
+//! dbus = true           # absent: use the system bus if there is one
 //!
 //! [devices]             # which devices this process serves
 //! hbas = [1, 2]         # user_1 and user_2 only; empty or absent: any
@@ -56,6 +57,13 @@ pub struct Daemon {
     /// `"tcmu_prd::netlink=debug,info"`; `RUST_LOG` overrides it. Default
     /// `"info"`.
     pub log_level: LogLevel,
+    /// `dbus`: own `org.kernel.TCMUService1` on the system bus so targetcli
+    /// finds the `dlmfile` handler. Absent (the default): own it when a
+    /// system bus is reachable and we may own the name, else warn and run
+    /// without it. `true`: required, the daemon refuses to start without it.
+    /// `false`: never connect. In the first two cases a name already owned
+    /// (tcmu-runner) stops the start. See [`crate::dbus`].
+    pub dbus: Option<bool>,
 }
 
 impl Default for Daemon {
@@ -63,6 +71,7 @@ impl Default for Daemon {
         Daemon {
             worker_threads: std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN),
             log_level: LogLevel("info".into()),
+            dbus: None,
         }
     }
 }
@@ -348,6 +357,7 @@ mod tests {
         assert_eq!(c, Config::default());
         assert_eq!(c.cluster.mode, ClusterMode::Local);
         assert_eq!(c.cluster.lockspace.0, "tcmu-prd");
+        assert_eq!(c.daemon.dbus, None, "D-Bus: use it when there is a bus");
         assert_eq!(c.paths.roots(), Roots::default());
     }
 
@@ -358,6 +368,7 @@ mod tests {
 [daemon]
 worker_threads = 3
 log_level = "tcmu_prd::netlink=debug,info"
+dbus = false
 [devices]
 hbas = [1, 2]
 names = ["vol*", "db?"]
@@ -372,6 +383,7 @@ sysfs = "/tmp/sys"
         )
         .unwrap();
         assert_eq!(c.daemon.worker_threads.get(), 3);
+        assert_eq!(c.daemon.dbus, Some(false));
         assert_eq!(c.devices.hbas, vec![1, 2]);
         assert_eq!(c.cluster.mode, ClusterMode::Dlm);
         assert_eq!(c.cluster.update_timeout_ms.get(), 2500);

@@ -60,6 +60,9 @@ pub enum DaemonError {
     /// The configuration could not be loaded.
     #[error("{0}")]
     Config(String),
+    /// The D-Bus service is required or its name is taken (tcmu-runner).
+    #[error(transparent)]
+    Dbus(#[from] crate::dbus::DbusError),
 }
 
 fn io_err(op: &'static str) -> impl FnOnce(io::Error) -> DaemonError {
@@ -92,6 +95,8 @@ pub(super) struct Daemon {
     by_minor: HashMap<u32, Token>,
     next_token: usize,
     stopping: Option<Instant>,
+    /// Held for its lifetime: dropping it releases the bus name.
+    _dbus: Option<crate::dbus::Service>,
 }
 
 impl Daemon {
@@ -100,6 +105,10 @@ impl Daemon {
     }
 
     fn start(opts: RunOptions) -> Result<Self, DaemonError> {
+        // First: owning the bus name is how we learn that tcmu-runner runs,
+        // and then we must not touch netlink (recovery would fail its
+        // pending requests, and both would answer every event).
+        let dbus = crate::dbus::start(crate::dbus::Mode::from_config(opts.config.daemon.dbus))?;
         let poll = Poll::new().map_err(io_err("creating the event loop"))?;
         let waker =
             Arc::new(Waker::new(poll.registry(), WAKER).map_err(io_err("creating the waker"))?);
@@ -155,6 +164,7 @@ impl Daemon {
             by_minor: HashMap::new(),
             next_token: FIRST_DEVICE,
             stopping: None,
+            _dbus: dbus,
         };
         d.adopt_existing();
         Ok(d)
