@@ -87,16 +87,25 @@ fn io_at(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> ExportError
     move |source| ExportError::Io { op, path, source }
 }
 
-fn mkdir(p: &Path) -> Result<(), ExportError> {
-    match fs::create_dir(p) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(ExportError::Io {
-            op: "mkdir",
+/// `r`, with an error of kind `fine` (the work was already done) as success.
+fn tolerate(
+    r: io::Result<()>,
+    fine: io::ErrorKind,
+    op: &'static str,
+    p: &Path,
+) -> Result<(), ExportError> {
+    match r {
+        Err(e) if e.kind() != fine => Err(ExportError::Io {
+            op,
             path: p.into(),
             source: e,
         }),
+        _ => Ok(()),
     }
+}
+
+fn mkdir(p: &Path) -> Result<(), ExportError> {
+    tolerate(fs::create_dir(p), io::ErrorKind::AlreadyExists, "mkdir", p)
 }
 
 fn mkdir_all(p: &Path) -> Result<(), ExportError> {
@@ -108,15 +117,7 @@ fn write(p: &Path, v: &str) -> Result<(), ExportError> {
 }
 
 fn rmdir(p: &Path) -> Result<(), ExportError> {
-    match fs::remove_dir(p) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(ExportError::Io {
-            op: "rmdir",
-            path: p.into(),
-            source: e,
-        }),
-    }
+    tolerate(fs::remove_dir(p), io::ErrorKind::NotFound, "rmdir", p)
 }
 
 /// The view backstore name for an initiator on a target port: the LU name
