@@ -8,7 +8,9 @@ img=$SCRATCH/shared.img
 rm -f "$img" "$img.tcmu-prd-state"
 truncate -s 64M "$img"
 for n in 1 2; do
-  printf '[devices]\nhbas = [%s]\n[cluster]\nmode = "dlm"\nupdate_timeout_ms = 8000\n' "$n" > "$ART/d$n.toml"
+  # Two daemons on one node is a test set-up: only one may own the D-Bus
+  # name (a system bus may be running from an earlier scenario), so neither does.
+  printf '[daemon]\ndbus = false\n[devices]\nhbas = [%s]\n[cluster]\nmode = "dlm"\nupdate_timeout_ms = 8000\n' "$n" > "$ART/d$n.toml"
 done
 daemon_start d1 --config "$ART/d1.toml"
 daemon_start d2 --config "$ART/d2.toml"
