@@ -157,16 +157,26 @@ impl Lu {
         if let Some(hook) = sync.caw_hook() {
             scsi.set_caw_hook(hook);
         }
-        Ok(Lu {
-            image: cfg.image.clone(),
-            file: Some(file),
+        Ok(Lu::assemble(cfg.image.clone(), Some(file), scsi, sync))
+    }
+
+    /// An LU from its parts, with no views, no pending UAs, no SPC-2 session.
+    fn assemble(
+        image: PathBuf,
+        file: Option<Arc<FileBacking>>,
+        scsi: scsi::Lu,
+        sync: StateSync,
+    ) -> Lu {
+        Lu {
+            image,
+            file,
             scsi,
             sync,
             gate: RwLock::new(()),
             uas: Mutex::new(UaQueues::default()),
             views: Mutex::new(Vec::new()),
             spc2_session: Mutex::new(None),
-        })
+        }
     }
 
     /// The image path.
@@ -190,16 +200,7 @@ impl Lu {
     #[doc(hidden)]
     pub fn for_tests(scsi: scsi::Lu, state: LuState, store: &Path) -> Result<Lu, OpenError> {
         let sync = StateSync::local_for_tests(store, state)?;
-        Ok(Lu {
-            image: PathBuf::from("(test)"),
-            file: None,
-            scsi,
-            sync,
-            gate: RwLock::new(()),
-            uas: Mutex::new(UaQueues::default()),
-            views: Mutex::new(Vec::new()),
-            spc2_session: Mutex::new(None),
-        })
+        Ok(Lu::assemble(PathBuf::from("(test)"), None, scsi, sync))
     }
 
     /// The SCSI emulation.
