@@ -135,6 +135,19 @@ fn check_name(what: &str, s: &str) -> Result<(), ExportError> {
     Ok(())
 }
 
+/// At least one initiator, each passing `check`.
+fn check_all(
+    initiators: &[String],
+    check: impl Fn(&str) -> Result<(), ExportError>,
+) -> Result<(), ExportError> {
+    if initiators.is_empty() {
+        return Err(ExportError::Invalid(
+            "at least one initiator is needed".into(),
+        ));
+    }
+    initiators.iter().try_for_each(|i| check(i))
+}
+
 fn check_naa(what: &str, s: &str) -> Result<(), ExportError> {
     let ok = s
         .strip_prefix("naa.")
@@ -174,28 +187,13 @@ impl ExportSpec {
                 target, initiators, ..
             } => {
                 check_name("target IQN", target)?;
-                if initiators.is_empty() {
-                    return Err(ExportError::Invalid(
-                        "at least one initiator is needed".into(),
-                    ));
-                }
-                for i in initiators {
-                    check_name("initiator name", i)?;
-                }
+                check_all(initiators, |i| check_name("initiator name", i))
             }
             FabricSpec::Loopback { wwn, initiators } => {
                 check_naa("loopback target WWN", wwn)?;
-                if initiators.is_empty() {
-                    return Err(ExportError::Invalid(
-                        "at least one initiator is needed".into(),
-                    ));
-                }
-                for i in initiators {
-                    check_naa("loopback initiator", i)?;
-                }
+                check_all(initiators, |i| check_naa("loopback initiator", i))
             }
         }
-        Ok(())
     }
 
     fn control(&self) -> Result<String, ExportError> {

@@ -221,15 +221,20 @@ impl Device {
         })
     }
 
-    pub fn on_tmr(&mut self, tmr: &TmrEvent) {
+    /// Handles a TMR notification. A reset releases the SPC-2 reservation
+    /// (SPC-4 5.13.1; PR survives): that is a durable state update, which in
+    /// cluster mode waits for EX, so it is returned as a job for the worker
+    /// pool rather than run on the event loop.
+    pub fn on_tmr(&mut self, tmr: &TmrEvent) -> Option<Job> {
         info!(device = %self.id, tmr = ?tmr.tmr_type, aborted = tmr.cmd_ids.len(), "task management");
         if matches!(
             tmr.tmr_type,
             TmrType::LunReset | TmrType::TargetWarmReset | TmrType::TargetColdReset
         ) {
-            // A reset releases the SPC-2 reservation (SPC-4 5.13.1); PR survives.
-            self.view.lu().reset();
+            let view = self.view.clone();
+            return Some(Box::new(move || view.lu().reset()));
         }
+        None
     }
 
     pub fn complete(&mut self, cmd: InFlightCmd, rsp: &Response) {
@@ -297,23 +302,29 @@ fn execute(view: &View, cmd: &mut InFlightCmd) -> Response {
         // A TMR aborted it before it started: it never touches the medium.
         return Response::task_aborted();
     }
-    let cdb = cmd.cdb().to_vec();
-    let r = match direction(&cdb) {
+    // The CDB is borrowed from the ring entry while the data buffers need
+    // `&mut cmd`: copy it to the stack (at most 260 bytes), not the heap.
+    let mut buf = [0u8; 260];
+    let n = cmd.cdb().len().min(buf.len());
+    buf[..n].copy_from_slice(&cmd.cdb()[..n]);
+    let cdb = &buf[..n];
+    let dir = direction(cdb);
+    let r = match dir {
         Direction::FromDevice => {
             let mut din = cmd.data_mut();
-            view.execute(&cdb, &[], &mut din)
+            view.execute(cdb, &[], &mut din)
         }
         Direction::ToDevice => {
             let dout = cmd.data();
-            view.execute(&cdb, &dout, &mut [])
+            view.execute(cdb, &dout, &mut [])
         }
-        Direction::None => view.execute(&cdb, &[], &mut []),
+        Direction::None => view.execute(cdb, &[], &mut []),
     };
     let rsp = match r.sense {
         Some(sense) => Response::check_condition(sense.as_bytes()),
         None => Response::with_status(r.status),
     };
-    if direction(&cdb) == Direction::FromDevice {
+    if dir == Direction::FromDevice {
         rsp.read_len(r.data_in_len)
     } else {
         rsp

@@ -246,7 +246,13 @@ impl Daemon {
                         error!(device = %dev.id(), "worker pool is gone; command left unanswered");
                     }
                 }
-                Ok(RingEvent::Tmr(tmr)) => dev.on_tmr(&tmr),
+                Ok(RingEvent::Tmr(tmr)) => {
+                    if let Some(job) = dev.on_tmr(&tmr)
+                        && self.pool.submit(job).is_err()
+                    {
+                        error!(device = %dev.id(), "worker pool is gone; reset not applied");
+                    }
+                }
                 Err(e) => error!(device = %dev.id(), "bad ring entry: {e}"),
             }
         }

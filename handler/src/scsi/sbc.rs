@@ -6,7 +6,7 @@
 use std::io::{IoSlice, IoSliceMut};
 
 use super::error::ScsiError;
-use super::lock::{HookRefusal, LockMode};
+use super::lock::{HookRefusal, LockMode, RangeGuard};
 use super::opcode::Rw;
 use super::sense::FieldPointer;
 use super::{Blocks, Lba, Lu, put_data_in};
@@ -88,19 +88,34 @@ impl Lu {
     }
 
     pub(super) fn write(&self, rw: &Rw, out: &[IoSlice<'_>]) -> Result<usize, ScsiError> {
+        self.write_range(rw, out, self.effective_fua(rw.fua))?;
+        Ok(0)
+    }
+
+    /// The shared front of WRITE and WRITE AND VERIFY: checks the transfer,
+    /// the range and write protection, then writes the data-out under the
+    /// range lock (shared: COMPARE AND WRITE excludes it). Returns the lock,
+    /// still held, with the byte offset and length, or `None` for a
+    /// zero-length transfer.
+    fn write_range(
+        &self,
+        rw: &Rw,
+        out: &[IoSlice<'_>],
+        fua: bool,
+    ) -> Result<Option<(RangeGuard<'_>, u64, usize)>, ScsiError> {
         let len = self.check_transfer(rw)?;
         let (off, _) = self.byte_range(rw.lba, rw.blocks)?;
         self.check_writable()?;
         if len == 0 {
-            return Ok(0);
+            return Ok(None);
         }
         Self::need_out(out, len)?;
-        let _g = self.ranges.lock(rw.lba, rw.blocks, LockMode::Shared);
+        let g = self.ranges.lock(rw.lba, rw.blocks, LockMode::Shared);
         let bufs = iov::sub_slices(out, 0, len);
         self.backing
-            .write_vectored_at(&bufs, off, self.effective_fua(rw.fua))
+            .write_vectored_at(&bufs, off, fua)
             .map_err(ScsiError::Write)?;
-        Ok(0)
+        Ok(Some((g, off, len)))
     }
 
     /// Read `[off, off+len)` in chunks, calling `check(pos, chunk)` with the
@@ -151,19 +166,11 @@ impl Lu {
         bytchk: bool,
         out: &[IoSlice<'_>],
     ) -> Result<usize, ScsiError> {
-        let len = self.check_transfer(rw)?;
-        let (off, _) = self.byte_range(rw.lba, rw.blocks)?;
-        self.check_writable()?;
-        if len == 0 {
+        // The verify must see the medium, so the write is always durable;
+        // the range stays locked until the verify is done.
+        let Some((_g, off, len)) = self.write_range(rw, out, true)? else {
             return Ok(0);
-        }
-        Self::need_out(out, len)?;
-        let _g = self.ranges.lock(rw.lba, rw.blocks, LockMode::Shared);
-        let bufs = iov::sub_slices(out, 0, len);
-        // The verify must see the medium, so the write is always durable.
-        self.backing
-            .write_vectored_at(&bufs, off, true)
-            .map_err(ScsiError::Write)?;
+        };
         if bytchk {
             self.compare_with(off, len as u64, out)?;
         } else {
