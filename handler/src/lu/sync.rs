@@ -159,9 +159,31 @@ pub enum Sharing {
 impl Sharing {
     /// The real DLM: joins `lockspace` on a cluster thread. Updates give up
     /// after `update_timeout` (BUSY), as do admissions waiting for PR.
+    ///
+    /// Returns once the first join attempt has finished (or after
+    /// `JOIN_WAIT`), so that a daemon that reports ready to systemd has
+    /// either joined or logged why not: portals ordered after it do not open
+    /// onto LUs still waiting for their lockspace.
     pub fn dlm(lockspace: &str, update_timeout: Duration) -> std::io::Result<Sharing> {
+        const JOIN_WAIT: Duration = Duration::from_secs(30);
         let name = lockspace.to_owned();
-        Self::spawn(move || Dlm::join(&name), update_timeout)
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sharing = Self::spawn(
+            move || {
+                let dlm = Dlm::join(&name);
+                let _ = tx.send(());
+                dlm
+            },
+            update_timeout,
+        )?;
+        if rx.recv_timeout(JOIN_WAIT).is_err() {
+            tracing::warn!(
+                lockspace,
+                "still joining the DLM lockspace after {}s; serving NOT READY until it is joined",
+                JOIN_WAIT.as_secs()
+            );
+        }
+        Ok(sharing)
     }
 
     /// Any lock manager, built on the cluster thread by `make`.

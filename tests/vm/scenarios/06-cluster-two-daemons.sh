@@ -14,7 +14,7 @@ for n in 1 2; do
 done
 daemon_start d1 --config "$ART/d1.toml"
 daemon_start d2 --config "$ART/d2.toml"
-check "d1 and d2 joined the lockspace" bash -c "grep -q 'joined the DLM lockspace' $ART/d1.log && grep -q 'joined the DLM lockspace' $ART/d2.log"
+wait_for 30 "d1 and d2 joined the lockspace" bash -c "grep -q 'joined the DLM lockspace' $ART/d1.log && grep -q 'joined the DLM lockspace' $ART/d2.log"
 
 # One image, one view per daemon; each view exported through its own tcm_loop TPG.
 cfg="dev_config=dlmfile/$img,dev_size=$((64 << 20))"
