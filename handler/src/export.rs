@@ -214,9 +214,18 @@ impl ExportSpec {
             cfg.push(';');
             cfg.push_str(o);
         }
-        Ok(format!("dev_config={cfg},dev_size={size}"))
+        // TCMU's default hw_max_sectors is 128 blocks (64 KiB); initiators
+        // that ignore VPD 0xB0 (libiscsi, some hypervisors) send more and
+        // get INVALID FIELD IN CDB. LIO's fileio allows 8 MiB; 8192 blocks
+        // fit the default 1 GiB data area many times over.
+        Ok(format!(
+            "dev_config={cfg},dev_size={size},hw_max_sectors={EXPORT_MAX_SECTORS}"
+        ))
     }
 }
+
+/// `hw_max_sectors` of the backstores `export` creates.
+pub const EXPORT_MAX_SECTORS: u32 = 8192;
 
 fn make_view(
     target_root: &Path,
@@ -514,7 +523,7 @@ mod tests {
         assert_eq!(
             control,
             format!(
-                "dev_config=dlmfile/{};direct=0,dev_size=4096",
+                "dev_config=dlmfile/{};direct=0,dev_size=4096,hw_max_sectors=8192",
                 img.display()
             )
         );

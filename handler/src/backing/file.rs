@@ -239,6 +239,21 @@ impl FileBacking {
         Ok(())
     }
 
+    /// A block device's physical block size (what READ CAPACITY(16)
+    /// reports as LOGICAL BLOCKS PER PHYSICAL BLOCK). `None` for a file,
+    /// as LIO's fileio: a file system block is not a medium constraint an
+    /// initiator should align to (and libiscsi's GET LBA STATUS tests
+    /// assume one logical block per physical block for files).
+    #[must_use]
+    pub fn physical_block_size(&self) -> Option<u32> {
+        let st = rustix::fs::fstat(&self.file).ok()?;
+        if FileType::from_raw_mode(st.st_mode) == FileType::BlockDevice {
+            rustix::fs::ioctl_blkpbszget(&self.file).ok()
+        } else {
+            None
+        }
+    }
+
     /// The O_DIRECT offset/buffer alignment in use.
     #[must_use]
     pub fn dio_align(&self) -> usize {
@@ -332,6 +347,18 @@ impl FileBacking {
 impl Backing for FileBacking {
     fn len(&self) -> u64 {
         self.len.load(Ordering::Acquire)
+    }
+
+    fn prefetch(&self, offset: u64, len: u64) {
+        // With O_DIRECT every read goes to the medium: nothing to warm.
+        if self.direct {
+            return;
+        }
+        let Some(len) = std::num::NonZeroU64::new(len) else {
+            return;
+        };
+        // Only a hint; a failure changes nothing the initiator can see.
+        let _ = rustix::fs::fadvise(&self.file, offset, Some(len), rustix::fs::Advice::WillNeed);
     }
 
     fn is_read_only(&self) -> bool {

@@ -60,6 +60,12 @@ pub trait Backing: Send + Sync + std::fmt::Debug {
 
     /// Provisioning state of the bytes from `offset` on. Backings that
     /// cannot tell report everything mapped.
+    /// A hint that `[offset, offset+len)` will be read soon (PRE-FETCH).
+    /// Nothing is promised, so the default does nothing.
+    fn prefetch(&self, offset: u64, len: u64) {
+        let _ = (offset, len);
+    }
+
     fn extent(&self, offset: u64) -> io::Result<Extent> {
         Ok(Extent {
             mapped: true,

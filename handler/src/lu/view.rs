@@ -148,6 +148,7 @@ impl Lu {
         lc.hw_max_sectors = hw_max_sectors;
         lc.write_cache = write_cache;
         lc.read_only = cfg.read_only;
+        lc.lbppbe = lbppbe(backing.physical_block_size(), block_size);
         lc.report_pr_commands = true;
         // Implicit ALUA: we answer REPORT TARGET PORT GROUPS ourselves.
         lc.tpgs = 1;
@@ -955,5 +956,35 @@ mod tests {
                 wwpn: 0x2100_0024_ff31_4c48
             }
         );
+    }
+}
+
+/// READ CAPACITY(16)'s LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT for a
+/// medium whose physical unit is `physical` bytes: initiators then align
+/// their I/O to it (a 512-byte write into a 4 KiB file system block costs
+/// the file system a read-modify-write).
+fn lbppbe(physical: Option<u32>, block_size: u32) -> u8 {
+    match physical {
+        Some(p) if p > block_size && p.is_power_of_two() && block_size.is_power_of_two() => {
+            u8::try_from(p.trailing_zeros() - block_size.trailing_zeros())
+                .unwrap_or(0)
+                .min(15)
+        }
+        _ => 0,
+    }
+}
+
+#[cfg(test)]
+mod lbppbe_tests {
+    use super::lbppbe;
+
+    #[test]
+    fn exponent_of_physical_over_logical() {
+        assert_eq!(lbppbe(Some(4096), 512), 3);
+        assert_eq!(lbppbe(Some(4096), 4096), 0);
+        assert_eq!(lbppbe(Some(512), 4096), 0);
+        assert_eq!(lbppbe(None, 512), 0);
+        assert_eq!(lbppbe(Some(3000), 512), 0);
+        assert_eq!(lbppbe(Some(1 << 30), 512), 15);
     }
 }

@@ -169,8 +169,10 @@ impl LuConfig {
             write_cache: true,
             read_only: false,
             thin_provisioning: true,
-            // Hole punching is cheap, so let initiators discard in big pieces.
-            max_unmap_lba_count: 1 << 22,
+            // Hole punching is cheap, so let initiators discard in big
+            // pieces; 2^20 is the most libiscsi's conformance suite accepts
+            // as sane (and 512 MiB per descriptor at 512-byte blocks).
+            max_unmap_lba_count: 1 << 20,
             max_unmap_descriptors: 256,
             unmap_granularity: 1,
             max_write_same_len: 0xffff,
@@ -393,6 +395,15 @@ impl Lu {
             } => self.write_same(&rw, unmap, anchor, ndob, out)?,
             Command::Unmap { anchor, plen } => self.unmap(anchor, plen, out)?,
             Command::CompareAndWrite { rw } => self.compare_and_write(&rw, out)?,
+            Command::OrWrite(rw) => self.or_write(&rw, out)?,
+            Command::PreFetch { lba, blocks } => self.pre_fetch(lba, blocks)?,
+            Command::ReadDefectData {
+                long,
+                plist,
+                glist,
+                format,
+                alloc,
+            } => self.read_defect_data(long, plist, glist, format, alloc, din),
             Command::ReportOpcodes {
                 rctd,
                 options,

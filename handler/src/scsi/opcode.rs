@@ -133,6 +133,18 @@ pub enum Command {
     CompareAndWrite {
         rw: Rw,
     },
+    OrWrite(Rw),
+    PreFetch {
+        lba: Lba,
+        blocks: Blocks,
+    },
+    ReadDefectData {
+        long: bool,
+        plist: bool,
+        glist: bool,
+        format: u8,
+        alloc: usize,
+    },
     ReportOpcodes {
         rctd: bool,
         options: u8,
@@ -289,8 +301,13 @@ pub static OPCODES: &[OpInfo] = &[
         Always, Some(|c| write_verify(rw10(c), c))),
     op(0x2f, None, "VERIFY(10)", &[0x2f, 0x16, 0xff, 0xff, 0xff, 0xff, 0x1f, 0xff, 0xff, 0], Always,
         Some(|c| verify(rw10(c), c))),
+    op(0x34, None, "PRE-FETCH(10)", &[0x34, 0x02, 0xff, 0xff, 0xff, 0xff, 0x1f, 0xff, 0xff, 0], Always,
+        Some(|c| Ok(Command::PreFetch { lba: Lba(be32(c, 2)), blocks: Blocks(be16(c, 7)) }))),
     op(0x35, None, "SYNCHRONIZE CACHE(10)", &[0x35, 0x06, 0xff, 0xff, 0xff, 0xff, 0x1f, 0xff, 0xff, 0],
         Always, Some(|c| Ok(Command::SyncCache { lba: Lba(be32(c, 2)), blocks: Blocks(be16(c, 7)) }))),
+    op(0x37, None, "READ DEFECT DATA(10)", &[0x37, 0, 0x1f, 0, 0, 0, 0, 0xff, 0xff, 0], Always,
+        Some(|c| Ok(Command::ReadDefectData { long: false, plist: c[2] & 0x10 != 0, glist: c[2] & 0x08 != 0,
+            format: c[2] & 7, alloc: alloc(be16(c, 7)) }))),
     op(0x41, None, "WRITE SAME(10)", &[0x41, 0x18, 0xff, 0xff, 0xff, 0xff, 0x1f, 0xff, 0xff, 0], Always,
         Some(|c| Ok(write_same(rw10(c), c, false)))),
     op(0x42, None, "UNMAP", &[0x42, 0x01, 0, 0, 0, 0, 0x1f, 0xff, 0xff, 0], Lbp,
@@ -322,10 +339,14 @@ pub static OPCODES: &[OpInfo] = &[
             blocks: Blocks(u64::from(c[13])), len_field: FieldPointer::cdb_byte(13), ..rw16(c) } }))),
     op(0x8a, None, "WRITE(16)", &[0x8a, 0x1a, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0],
         Always, Some(|c| Ok(Command::Write(rw16(c))))),
+    op(0x8b, None, "ORWRITE(16)", &[0x8b, 0x18, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0],
+        Always, Some(|c| Ok(Command::OrWrite(rw16(c))))),
     op(0x8e, None, "WRITE AND VERIFY(16)", &[0x8e, 0x16, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0],
         Always, Some(|c| write_verify(rw16(c), c))),
     op(0x8f, None, "VERIFY(16)", &[0x8f, 0x16, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0],
         Always, Some(|c| verify(rw16(c), c))),
+    op(0x90, None, "PRE-FETCH(16)", &[0x90, 0x02, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0],
+        Always, Some(|c| Ok(Command::PreFetch { lba: Lba(be64(c, 2)), blocks: Blocks(be32(c, 10)) }))),
     op(0x91, None, "SYNCHRONIZE CACHE(16)", &[0x91, 0x06, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0],
         Always, Some(|c| Ok(Command::SyncCache { lba: Lba(be64(c, 2)), blocks: Blocks(be32(c, 10)) }))),
     op(0x93, None, "WRITE SAME(16)", &[0x93, 0x19, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0],
@@ -346,6 +367,9 @@ pub static OPCODES: &[OpInfo] = &[
         Always, Some(|c| write_verify(rw12(c), c))),
     op(0xaf, None, "VERIFY(12)", &[0xaf, 0x16, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0], Always,
         Some(|c| verify(rw12(c), c))),
+    op(0xb7, None, "READ DEFECT DATA(12)", &[0xb7, 0x1f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0], Always,
+        Some(|c| Ok(Command::ReadDefectData { long: true, plist: c[1] & 0x10 != 0, glist: c[1] & 0x08 != 0,
+            format: c[1] & 7, alloc: alloc(be32(c, 6)) }))),
 ];
 
 /// True if `opcode` carries a service action in byte 1 bits 4:0.
@@ -533,6 +557,8 @@ pub fn direction(cdb: &[u8]) -> Direction {
         0x08 | 0x28 | 0xa8 | 0x88 | 0x12 | 0x03 | 0x1a | 0x5a | 0x25 | 0x5e | 0xa0 => {
             Direction::FromDevice
         }
+        // READ DEFECT DATA 10/12.
+        0x37 | 0xb7 => Direction::FromDevice,
         // SERVICE ACTION IN(16): READ CAPACITY 16, GET LBA STATUS.
         0x9e => Direction::FromDevice,
         // MAINTENANCE IN: REPORT TARGET PORT GROUPS, REPORT SUPPORTED OPCODES, ...
@@ -541,6 +567,8 @@ pub fn direction(cdb: &[u8]) -> Direction {
         // UNMAP, COMPARE AND WRITE, PR OUT, MAINTENANCE OUT.
         0x0a | 0x2a | 0xaa | 0x8a | 0x2e | 0xae | 0x8e | 0x15 | 0x55 | 0x42 | 0x89 | 0x5f
         | 0xa4 => Direction::ToDevice,
+        // ORWRITE(16).
+        0x8b => Direction::ToDevice,
         // VERIFY 10/12/16: data only with BYTCHK != 0.
         0x2f | 0xaf | 0x8f => {
             if cdb.get(1).is_some_and(|b| b & 0x06 != 0) {

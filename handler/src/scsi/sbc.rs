@@ -60,6 +60,18 @@ impl Lu {
         Ok(())
     }
 
+    /// For commands whose data-out size the CDB fixes exactly (WRITE SAME,
+    /// COMPARE AND WRITE): LIO's TCMU passthrough hands us the initiator's
+    /// expected transfer length unchecked, so a mismatch in either
+    /// direction is the initiator's error, not data to guess at.
+    fn exact_out(out: &[IoSlice<'_>], need: usize) -> Result<(), ScsiError> {
+        let have = iov::total_len(out);
+        if have != need {
+            return Err(ScsiError::BufferLength { have, need });
+        }
+        Ok(())
+    }
+
     /// FUA when asked, and always when the write cache is disabled.
     fn effective_fua(&self, fua: bool) -> bool {
         fua || !self.write_cache_enabled()
@@ -249,8 +261,21 @@ impl Lu {
         if unmap && !self.lbp() {
             return Err(ScsiError::InvalidFieldInCdb(FieldPointer::cdb(1, 3)));
         }
+        // WSNZ=0: zero blocks means every block from the LBA to the end.
+        let mut rw = *rw;
+        if rw.blocks.0 == 0 {
+            rw.blocks = Blocks(
+                self.capacity()
+                    .0
+                    .checked_sub(rw.lba.0)
+                    .ok_or(ScsiError::LbaOutOfRange)?,
+            );
+            if rw.blocks.0 == 0 {
+                return Ok(0);
+            }
+        }
         let max = self.cfg.max_write_same_len;
-        if rw.blocks.0 == 0 || (max != 0 && rw.blocks.0 > max) {
+        if max != 0 && rw.blocks.0 > max {
             return Err(ScsiError::InvalidFieldInCdb(rw.len_field));
         }
         let (off, len) = self.byte_range(rw.lba, rw.blocks)?;
@@ -258,13 +283,15 @@ impl Lu {
         let bs = usize::try_from(self.bs()).unwrap_or(usize::MAX);
         let mut block = vec![0u8; bs];
         if !ndob {
-            Self::need_out(out, bs)?;
+            Self::exact_out(out, bs)?;
             iov::gather(out, 0, &mut block);
         }
         let _g = self.ranges.lock(rw.lba, rw.blocks, LockMode::Shared);
         let zero = block.iter().all(|&b| b == 0);
-        let res = if zero && unmap {
-            // LBPRZ=1: deallocated blocks read as zeros, as the data says.
+        let res = if unmap {
+            // UNMAP=1 asks for deallocation whatever the data says (as LIO
+            // and libiscsi read SBC); with LBPRZ=1 the blocks then read as
+            // zeros.
             self.backing.discard(off, len)
         } else if zero {
             self.backing.write_zeroes(off, len)
@@ -353,6 +380,91 @@ impl Lu {
         Ok(0)
     }
 
+    /// Holds `rw`'s range for a read-modify-write (COMPARE AND WRITE,
+    /// ORWRITE): exclusive against every other command on this node, and
+    /// through the cluster hook (if any) against the other nodes.
+    fn lock_atomic(&self, rw: &Rw) -> Result<AtomicGuard<'_>, ScsiError> {
+        let local = self.ranges.lock(rw.lba, rw.blocks, LockMode::Exclusive);
+        let cluster = match &self.caw_hook {
+            Some(h) => Some(
+                h.enter(rw.lba, rw.blocks)
+                    .map_err(|HookRefusal::Busy| ScsiError::Busy)?,
+            ),
+            None => None,
+        };
+        Ok(AtomicGuard {
+            _cluster: cluster,
+            _local: local,
+        })
+    }
+
+    /// ORWRITE(16) without protection information: the blocks become the
+    /// bitwise OR of their contents and the data-out, as one uninterrupted
+    /// read-modify-write (SBC-3 5.8).
+    pub(super) fn or_write(&self, rw: &Rw, out: &[IoSlice<'_>]) -> Result<usize, ScsiError> {
+        let len = self.check_transfer(rw)?;
+        let (off, _) = self.byte_range(rw.lba, rw.blocks)?;
+        self.check_writable()?;
+        if len == 0 {
+            return Ok(0);
+        }
+        Self::need_out(out, len)?;
+        let _atomic = self.lock_atomic(rw)?;
+        let mut cur = vec![0u8; len];
+        self.backing
+            .read_vectored_at(&mut [IoSliceMut::new(&mut cur)], off)
+            .map_err(ScsiError::Read)?;
+        let mut data = vec![0u8; len];
+        iov::gather(out, 0, &mut data);
+        for (c, d) in cur.iter_mut().zip(&data) {
+            *c |= d;
+        }
+        self.backing
+            .write_vectored_at(&[IoSlice::new(&cur)], off, self.effective_fua(rw.fua))
+            .map_err(ScsiError::Write)?;
+        Ok(0)
+    }
+
+    /// PRE-FETCH(10)/(16). Zero blocks means "to the end of the medium".
+    /// GOOD, not CONDITION MET: nothing is guaranteed to stay cached (with
+    /// O_DIRECT there is no cache at all); buffered backings are told to
+    /// read ahead.
+    pub(super) fn pre_fetch(&self, lba: Lba, blocks: Blocks) -> Result<usize, ScsiError> {
+        let blocks = if blocks.0 == 0 {
+            Blocks(
+                self.capacity()
+                    .0
+                    .checked_sub(lba.0)
+                    .ok_or(ScsiError::LbaOutOfRange)?,
+            )
+        } else {
+            blocks
+        };
+        let (off, len) = self.byte_range(lba, blocks)?;
+        self.backing.prefetch(off, len);
+        Ok(0)
+    }
+
+    /// READ DEFECT DATA(10)/(12): a file or a shared LUN has no defect
+    /// lists; both are returned, empty, in the format asked for.
+    pub(super) fn read_defect_data(
+        &self,
+        long: bool,
+        plist: bool,
+        glist: bool,
+        format: u8,
+        alloc: usize,
+        din: &mut [IoSliceMut<'_>],
+    ) -> usize {
+        let flags = (u8::from(plist) << 4) | (u8::from(glist) << 3) | (format & 7);
+        let hdr: &[u8] = if long {
+            &[0, flags, 0, 0, 0, 0, 0, 0]
+        } else {
+            &[0, flags, 0, 0]
+        };
+        put_data_in(hdr, alloc, din)
+    }
+
     pub(super) fn compare_and_write(
         &self,
         rw: &Rw,
@@ -364,18 +476,17 @@ impl Lu {
         let len = self.check_transfer(rw)?;
         let (off, _) = self.byte_range(rw.lba, rw.blocks)?;
         self.check_writable()?;
+        // The data-out must be exactly verify + write data. A mismatch means
+        // the NUMBER OF LOGICAL BLOCKS field does not describe the transfer
+        // (libiscsi sends 256 blocks' worth with the one-byte field wrapped
+        // to 0): point at the field rather than compare a guess.
+        if iov::total_len(out) != 2 * len {
+            return Err(ScsiError::InvalidFieldInCdb(rw.len_field));
+        }
         if len == 0 {
             return Ok(0);
         }
-        Self::need_out(out, 2 * len)?;
-        let _local = self.ranges.lock(rw.lba, rw.blocks, LockMode::Exclusive);
-        let _cluster = match &self.caw_hook {
-            Some(h) => Some(
-                h.enter(rw.lba, rw.blocks)
-                    .map_err(|HookRefusal::Busy| ScsiError::Busy)?,
-            ),
-            None => None,
-        };
+        let _atomic = self.lock_atomic(rw)?;
         let mut expect = vec![0u8; len];
         iov::gather(out, 0, &mut expect);
         let mut cur = vec![0u8; len];
@@ -446,4 +557,11 @@ impl Lu {
         d[..4].copy_from_slice(&l);
         Ok(put_data_in(&d, alloc, din))
     }
+}
+
+/// The locks of a read-modify-write, released cluster side first (fields
+/// drop in declaration order).
+struct AtomicGuard<'a> {
+    _cluster: Option<Box<dyn Send>>,
+    _local: RangeGuard<'a>,
 }

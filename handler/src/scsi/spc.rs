@@ -153,7 +153,7 @@ impl Lu {
     fn vpd_block_limits(&self) -> Vec<u8> {
         let c = &self.cfg;
         let mut b = vec![0u8; 0x3c];
-        b[0] = 0x01; // WSNZ: WRITE SAME with zero blocks is refused
+        // WSNZ=0: WRITE SAME with zero blocks writes to the end of the medium.
         b[1] = c
             .max_compare_write_len
             .min(u8::try_from(c.hw_max_sectors).unwrap_or(u8::MAX));

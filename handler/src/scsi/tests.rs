@@ -168,12 +168,13 @@ fn unsupported_and_caller_owned_opcodes() {
     for cdb in [
         &[][..],
         &[0xff, 0, 0, 0, 0, 0],
-        &[0x16, 0, 0, 0, 0, 0],                   // RESERVE(6)
-        &[0x17, 0, 0, 0, 0, 0],                   // RELEASE(6)
-        &[0x5e, 0, 0, 0, 0, 0, 0, 0, 8, 0],       // PR IN
-        &[0x5f, 0, 0, 0, 0, 0, 0, 0, 24, 0],      // PR OUT
-        &[0xa0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0], // REPORT LUNS
-        &[0x34, 0, 0, 0, 0, 0, 0, 0, 1, 0],       // PRE-FETCH (not emulated)
+        &[0x16, 0, 0, 0, 0, 0],                               // RESERVE(6)
+        &[0x17, 0, 0, 0, 0, 0],                               // RELEASE(6)
+        &[0x5e, 0, 0, 0, 0, 0, 0, 0, 8, 0],                   // PR IN
+        &[0x5f, 0, 0, 0, 0, 0, 0, 0, 24, 0],                  // PR OUT
+        &[0xa0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0],             // REPORT LUNS
+        &[0x48, 0x01, 0, 0, 0, 0, 0, 0, 0, 0],                // SANITIZE (never: shared LUNs)
+        &[0x9c, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0], // WRITE ATOMIC(16)
     ] {
         t.check(cdb, &[], sense::INVALID_COMMAND_OPERATION_CODE);
     }
@@ -285,7 +286,7 @@ fn vpd_pages() {
 
     let b0 = vpd(&t, 0xb0);
     assert_eq!(b0.len(), 64);
-    assert_eq!(b0[4] & 1, 1); // WSNZ
+    assert_eq!(b0[4] & 1, 0); // WSNZ=0: zero blocks means to the end
     assert_eq!(b0[5], 16); // max compare and write
     assert_eq!(&b0[8..12], &1024u32.to_be_bytes()); // max transfer
     assert_eq!(&b0[20..24], &8192u32.to_be_bytes()); // max unmap LBA count
@@ -926,21 +927,45 @@ fn write_same_variants() {
     t.ok(&cdb16(0x93, 0x01, 30, 2), &[]);
     assert!(t.mem.is_mapped(30 * BS as u64));
     assert_eq!(t.mem.snapshot(30 * BS, BS), vec![0; BS]);
-    // UNMAP with non-zero data writes the data.
+    // UNMAP deallocates whatever the data: LBPRZ=1 reads zeros back.
+    t.ok(&cdb10(0x2a, 0, 40, 1), &block);
     t.ok(&cdb10(0x41, 0x08, 40, 1), &block);
-    assert_eq!(t.mem.snapshot(40 * BS, BS), block);
-    // Errors: ANCHOR, WSNZ, max length, out of range, short data-out.
+    assert!(!t.mem.is_mapped(40 * BS as u64));
+    assert_eq!(t.mem.snapshot(40 * BS, BS), vec![0; BS]);
+    // The data-out is exactly one block: more is refused as well as less.
+    t.check(
+        &cdb10(0x41, 0, 0, 1),
+        &pattern(2, 1),
+        sense::INVALID_FIELD_IN_COMMAND_IU,
+    );
+    // Zero blocks: from the LBA to the end of the medium.
+    let other = pattern(1, 9);
+    t.ok(&cdb10(0x41, 0, BLOCKS as u32 - 3, 0), &other);
+    for b in BLOCKS - 3..BLOCKS {
+        assert_eq!(t.mem.snapshot(b * BS, BS), other);
+    }
+    assert_ne!(t.mem.snapshot((BLOCKS - 4) * BS, BS), other);
+    t.ok(&cdb10(0x41, 0, BLOCKS as u32, 0), &other); // nothing left: GOOD
+    t.check(
+        &cdb10(0x41, 0, BLOCKS as u32 + 1, 0),
+        &other,
+        sense::LBA_OUT_OF_RANGE,
+    );
+    // ... bounded by MAXIMUM WRITE SAME LENGTH like any other length.
+    let small = setup_with(|c| c.max_write_same_len = 16);
+    small.check_field(
+        &cdb10(0x41, 0, 0, 0),
+        &block,
+        sense::INVALID_FIELD_IN_CDB,
+        FieldPointer::cdb_byte(7),
+    );
+    small.ok(&cdb10(0x41, 0, BLOCKS as u32 - 16, 0), &block);
+    // Errors: ANCHOR, max length, out of range, short data-out.
     t.check_field(
         &cdb16(0x93, 0x18, 0, 1),
         &block,
         sense::INVALID_FIELD_IN_CDB,
         fp(1, 4),
-    );
-    t.check_field(
-        &cdb10(0x41, 0, 0, 0),
-        &block,
-        sense::INVALID_FIELD_IN_CDB,
-        FieldPointer::cdb_byte(7),
     );
     t.check_field(
         &cdb16(0x93, 0, 0, 0x10000),
@@ -1143,6 +1168,24 @@ fn compare_and_write() {
     let s = t.check(&caw(100, 2, false), &out2, sense::MISCOMPARE_DURING_VERIFY);
     assert_eq!(s.information(), Some(700));
     assert_eq!(t.mem.snapshot(100 * BS, 2 * BS), new);
+    // The data-out must be exactly 2 x NUMBER OF LOGICAL BLOCKS: a CAW of
+    // one block carrying two blocks' worth is refused, nothing compared.
+    let mut long = new[..BS].to_vec();
+    long.extend(&old);
+    t.check_field(
+        &caw(100, 1, false),
+        &long,
+        sense::INVALID_FIELD_IN_CDB,
+        FieldPointer::cdb_byte(13),
+    );
+    // NUMBER OF LOGICAL BLOCKS 0 with data: the field is what is wrong.
+    t.check_field(
+        &caw(100, 0, false),
+        &long,
+        sense::INVALID_FIELD_IN_CDB,
+        FieldPointer::cdb_byte(13),
+    );
+    assert_eq!(t.mem.snapshot(100 * BS, 2 * BS), new);
     // Errors.
     t.ok(&caw(100, 0, false), &[]);
     t.check_field(
@@ -1156,10 +1199,11 @@ fn compare_and_write() {
         &out,
         sense::LBA_OUT_OF_RANGE,
     );
-    t.check(
+    t.check_field(
         &caw(100, 2, false),
         &out[..3 * BS],
-        sense::INVALID_FIELD_IN_COMMAND_IU,
+        sense::INVALID_FIELD_IN_CDB,
+        FieldPointer::cdb_byte(13),
     );
     let mut reserved = caw(100, 2, false);
     reserved[10] = 1;
@@ -1492,4 +1536,110 @@ fn config_validation() {
 fn lu_is_send_sync() {
     fn check<T: Send + Sync>() {}
     check::<Lu>();
+}
+
+#[test]
+fn or_write() {
+    let t = setup();
+    let a = pattern(3, 1);
+    t.ok(&cdb10(0x2a, 0, 100, 3), &a);
+    let b = pattern(3, 77);
+    t.ok(&cdb16(0x8b, 0, 100, 3), &b);
+    let want: Vec<u8> = a.iter().zip(&b).map(|(x, y)| x | y).collect();
+    assert_eq!(t.mem.snapshot(100 * BS, 3 * BS), want);
+    // Neighbours untouched; zero blocks is no transfer and GOOD.
+    assert_eq!(t.mem.snapshot(103 * BS, BS), vec![0; BS]);
+    t.ok(&cdb16(0x8b, 0, 0, 0), &[]);
+    // DPO/FUA accepted; ORPROTECT without protection information is not.
+    t.ok(&cdb16(0x8b, 0x18, 100, 1), &b[..BS]);
+    t.check_field(
+        &cdb16(0x8b, 0x20, 100, 1),
+        &b[..BS],
+        sense::INVALID_FIELD_IN_CDB,
+        fp(1, 5),
+    );
+    t.check(
+        &cdb16(0x8b, 0, BLOCKS as u64 - 1, 2),
+        &pattern(2, 3),
+        sense::LBA_OUT_OF_RANGE,
+    );
+    t.check(
+        &cdb16(0x8b, 0, 0, 2),
+        &pattern(1, 3),
+        sense::INVALID_FIELD_IN_COMMAND_IU,
+    );
+    let ro = setup_with(|c| c.read_only = true);
+    ro.check(&cdb16(0x8b, 0, 0, 1), &b[..BS], sense::WRITE_PROTECTED);
+}
+
+#[test]
+fn or_write_is_atomic_against_compare_and_write() {
+    // ORWRITE takes the same exclusive range as COMPARE AND WRITE: a CAW
+    // expecting the pre-OR data must never succeed after the OR landed.
+    let t = Arc::new(setup());
+    t.ok(&cdb10(0x2a, 0, 5, 1), &vec![0u8; BS]);
+    let mut caw_data = vec![0u8; BS];
+    caw_data.extend(vec![0x80u8; BS]);
+    let t2 = t.clone();
+    let h = std::thread::spawn(move || {
+        for _ in 0..200 {
+            t2.run(&cdb16(0x8b, 0, 5, 1), &vec![0x01u8; BS]);
+        }
+    });
+    for _ in 0..200 {
+        let _ = t.run(&caw(5, 1, false), &caw_data);
+    }
+    h.join().unwrap();
+    let got = t.mem.snapshot(5 * BS, BS);
+    // Every byte saw the same history: all equal, and bit 0 set (the OR
+    // ran at least once after any CAW).
+    assert!(got.iter().all(|&x| x == got[0]), "{got:02x?}");
+    assert_eq!(got[0] & 0x01, 0x01);
+}
+
+#[test]
+fn pre_fetch() {
+    let t = setup();
+    t.ok(&cdb10(0x34, 0, 0, 256), &[]);
+    t.ok(&cdb10(0x34, 0x02, BLOCKS as u32 - 1, 1), &[]); // IMMED
+    t.ok(&cdb16(0x90, 0, 0, BLOCKS as u32), &[]);
+    let mut grp = cdb10(0x34, 0, 0, 1);
+    grp[6] = 3; // group number
+    t.ok(&grp, &[]);
+    t.ok(&cdb10(0x34, 0, 10, 0), &[]); // zero: to the end
+    t.check(
+        &cdb10(0x34, 0, BLOCKS as u32 - 1, 2),
+        &[],
+        sense::LBA_OUT_OF_RANGE,
+    );
+    t.check(&cdb16(0x90, 0, u64::MAX, 1), &[], sense::LBA_OUT_OF_RANGE);
+    t.check(
+        &cdb10(0x34, 0, BLOCKS as u32 + 1, 0),
+        &[],
+        sense::LBA_OUT_OF_RANGE,
+    );
+    t.check_field(
+        &cdb10(0x34, 0x01, 0, 1),
+        &[],
+        sense::INVALID_FIELD_IN_CDB,
+        fp(1, 0),
+    );
+}
+
+#[test]
+fn read_defect_data() {
+    let t = setup();
+    let d = t.ok(&[0x37, 0, 0x18 | 5, 0, 0, 0, 0, 0, 32, 0], &[]);
+    assert_eq!(d, vec![0, 0x18 | 5, 0, 0]);
+    let d = t.ok(&[0xb7, 0x10 | 4, 0, 0, 0, 0, 0, 0, 0, 32, 0, 0], &[]);
+    assert_eq!(d, vec![0, 0x10 | 4, 0, 0, 0, 0, 0, 0]);
+    // Allocation length truncates.
+    let d = t.ok(&[0x37, 0, 0, 0, 0, 0, 0, 0, 2, 0], &[]);
+    assert_eq!(d.len(), 2);
+    t.check_field(
+        &[0x37, 0, 0x20, 0, 0, 0, 0, 0, 4, 0],
+        &[],
+        sense::INVALID_FIELD_IN_CDB,
+        fp(2, 5),
+    );
 }

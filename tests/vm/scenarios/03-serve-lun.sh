@@ -78,6 +78,26 @@ rmdir $TARGET/loopback/naa.5001405000000001/tpgt_1/lun/lun_1
 rmdir $TARGET/core/user_1/lu2
 check "daemon logged the removal" grep -q "removed.*device=user_1/lu2" "$ART/d1.log"
 
+# A block device as the backing store (what a shared SAN LUN looks like to
+# a node): a loop device over a file, served, verified, bytes on the device.
+truncate -s 32M $SCRATCH/blk.img
+loopdev=$(losetup --find --show --direct-io=on $SCRATCH/blk.img)
+tcmu_create 1 blk "dev_config=dlmfile/$loopdev,dev_size=$((32 << 20))" pgr_support=0
+check "daemon opened the block-device LU" grep -q "opened.*device=user_1/blk" "$ART/d1.log"
+sd3=$(loop_lun naa.5001405000000001 2 $TARGET/core/user_1/blk) || fail "no SCSI disk for the block-device LU"
+check_eq "block-device LU capacity" "$((32 << 20))" "$(blockdev --getsize64 "$sd3")"
+fio --name=blkverify --filename="$sd3" --rw=randwrite --bs=4k --size=16M --direct=1 --ioengine=libaio \
+    --iodepth=16 --verify=crc32c --do_verify=1 --verify_fatal=1 --output="$ART/fio-blk.txt"
+check "fio verify on the block-device LU" grep -q "err= 0" "$ART/fio-blk.txt"
+head -c $((1 << 20)) /dev/urandom > /tmp/blkpattern
+dd if=/tmp/blkpattern of="$sd3" bs=1M seek=20 oflag=direct conv=fsync status=none
+check "the block device holds the written bytes" cmp /tmp/blkpattern <(dd if="$loopdev" bs=1M skip=20 count=1 iflag=direct status=none)
+echo 1 > "/sys/block/$(basename "$sd3")/device/delete"
+rm $TARGET/loopback/naa.5001405000000001/tpgt_1/lun/lun_2/blk
+rmdir $TARGET/loopback/naa.5001405000000001/tpgt_1/lun/lun_2
+rmdir $TARGET/core/user_1/blk
+losetup -d "$loopdev"
+
 # SIGTERM during I/O: the daemon drains and exits 0; a restart recovers the
 # ring (block_dev/reset_ring) and the LUN works again.
 fio --name=bg --filename="$sd" --rw=randwrite --bs=4k --size=16M --direct=1 --ioengine=libaio --iodepth=32 \
