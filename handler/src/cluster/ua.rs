@@ -26,6 +26,17 @@ pub struct UaRecord<N> {
     /// Additional sense code and qualifier (sense key UNIT ATTENTION).
     pub asc: u8,
     pub ascq: u8,
+    /// For every I_T nexus except `nexus` (a LOGICAL UNIT RESET's unit
+    /// attention: the nodes do not know each other's nexuses).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub others: bool,
+}
+
+impl<N: PartialEq> UaRecord<N> {
+    /// Whether the record is for `nexus`.
+    pub fn is_for(&self, nexus: &N) -> bool {
+        (self.nexus == *nexus) != self.others
+    }
 }
 
 /// The unit attentions recorded in the LU's state.
@@ -58,7 +69,17 @@ impl<N: Clone + Ord> UaLog<N> {
             nexus,
             asc,
             ascq,
+            others: false,
         });
+        seq
+    }
+
+    /// Records a unit attention for every nexus except `nexus`.
+    pub fn record_others(&mut self, nexus: N, asc: u8, ascq: u8) -> u64 {
+        let seq = self.record(nexus, asc, ascq);
+        if let Some(r) = self.records.last_mut() {
+            r.others = true;
+        }
         seq
     }
 
@@ -120,7 +141,7 @@ impl<N: Clone + Ord> Delivered<N> {
         let after = self.upto.get(nexus).copied();
         log.records
             .iter()
-            .filter(move |r| after.is_some_and(|a| r.seq > a) && r.nexus == *nexus)
+            .filter(move |r| after.is_some_and(|a| r.seq > a) && r.is_for(nexus))
     }
 
     /// Marks everything for `nexus` up to `seq` delivered (SPC: a unit
@@ -160,6 +181,33 @@ mod tests {
             .map(|r| (r.asc, r.ascq))
             .collect();
         assert_eq!(b, vec![(0x2a, 0x04)]);
+    }
+
+    #[test]
+    fn a_record_for_the_others_reaches_everyone_but_its_nexus() {
+        let mut log = UaLog::default();
+        let (mut a, mut b) = (Delivered::default(), Delivered::default());
+        a.attach("i1", &log);
+        a.attach("i2", &log);
+        b.attach("i3", &log);
+        let s = log.record_others("i1", 0x29, 0x03);
+        assert_eq!(a.pending(&"i1", &log).count(), 0, "the issuer");
+        assert_eq!(
+            a.pending(&"i2", &log).map(|r| r.seq).collect::<Vec<_>>(),
+            vec![s]
+        );
+        assert_eq!(
+            b.pending(&"i3", &log).map(|r| r.seq).collect::<Vec<_>>(),
+            vec![s]
+        );
+        b.delivered(&"i3", s);
+        assert_eq!(b.pending(&"i3", &log).count(), 0);
+        // Old states (no `others` field) still decode; plain records do not
+        // serialize it.
+        let old: UaRecord<String> =
+            serde_json::from_str(r#"{"seq":1,"nexus":"x","asc":42,"ascq":3}"#).unwrap();
+        assert!(!old.others);
+        assert!(!serde_json::to_string(&old).unwrap().contains("others"));
     }
 
     #[test]

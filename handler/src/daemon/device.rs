@@ -232,7 +232,7 @@ impl Device {
             TmrType::LunReset | TmrType::TargetWarmReset | TmrType::TargetColdReset
         ) {
             let view = self.view.clone();
-            return Some(Box::new(move || view.lu().reset()));
+            return Some(Box::new(move || view.lu().reset(view.nexus().as_ref())));
         }
         None
     }

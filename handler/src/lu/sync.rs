@@ -47,7 +47,7 @@ pub type Reply = Box<dyn Any + Send>;
 /// Unit-attention records kept in the state: enough for every nexus to be
 /// told of the last few changes; older ones are dropped (SPC-4 allows a UA
 /// overflow to lose conditions).
-const UA_LOG_KEEP: usize = 256;
+pub(crate) const UA_LOG_KEEP: usize = 256;
 
 /// The cluster side an LU talks to: the cluster thread in the daemon, a
 /// fake-DLM harness in tests.
@@ -644,6 +644,7 @@ fn ua_of(asc: u8, ascq: u8) -> Option<Ua> {
         Ua::ReservationsReleased,
         Ua::RegistrationsPreempted,
         Ua::CommandsCleared,
+        Ua::ResetOccurred,
     ]
     .into_iter()
     .find(|u| {

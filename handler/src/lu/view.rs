@@ -223,9 +223,53 @@ impl Lu {
         &self.sync
     }
 
-    /// LOGICAL UNIT RESET: releases the SPC-2 reservation durably.
-    pub fn reset(&self) {
-        let r = self.update_pr(pr::lu_reset);
+    /// LOGICAL UNIT RESET through the view of `issuer` (if its nexus is
+    /// known): releases the SPC-2 reservation durably (SPC-4 5.13.1; PR
+    /// survives) and establishes BUS DEVICE RESET FUNCTION OCCURRED for
+    /// every other I_T nexus of the LU (SAM-5 6.6; the kernel reports it
+    /// to the issuer only) — in cluster mode through the state's UA log, so
+    /// that the other nodes' views hear of it too.
+    pub fn reset(&self, issuer: Option<&pr::Nexus>) {
+        let cluster = matches!(self.sync, StateSync::Cluster(_));
+        let for_log = issuer.filter(|_| cluster).cloned();
+        let r = self.sync.update(move |st| {
+            let released = pr::lu_reset(&st.pr);
+            let changed = released.is_some() || for_log.is_some();
+            let mut new = LuState {
+                pr: released.clone().unwrap_or_else(|| st.pr.clone()),
+                ..st.clone()
+            };
+            if let Some(i) = for_log {
+                new.uas.record_others(i, 0x29, 0x03);
+                new.uas.trim(super::sync::UA_LOG_KEEP);
+            }
+            (released.is_some(), changed.then_some(new), Vec::new())
+        });
+        if !cluster {
+            let others: Vec<pr::UnitAttention> = self
+                .views
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .iter()
+                .filter_map(Weak::upgrade)
+                .filter_map(|v| match v.cached_who().as_deref() {
+                    Some(Who::One { nexus, .. }) if issuer.is_none_or(|i| !nexus.matches(i)) => {
+                        Some(pr::UnitAttention {
+                            nexus: nexus.clone(),
+                            ua: pr::Ua::ResetOccurred,
+                        })
+                    }
+                    _ => None,
+                })
+                .collect();
+            if !others.is_empty() {
+                self.uas
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .establish(&others);
+            }
+        }
+        let r = r.map(|(released, _)| released);
         match r {
             Ok(true) => {
                 info!(image = %self.image.display(), "LU reset released the SPC-2 reservation")
@@ -587,6 +631,15 @@ impl View {
             .unwrap_or_else(|| Arc::new(Who::Ambiguous("I_T nexus not resolved yet".into())))
     }
 
+    /// The I_T nexus this view serves, if resolved and unambiguous.
+    #[must_use]
+    pub fn nexus(&self) -> Option<pr::Nexus> {
+        match self.cached_who().as_deref() {
+            Some(Who::One { nexus, .. }) => Some(nexus.clone()),
+            _ => None,
+        }
+    }
+
     /// Whether the nexus has been resolved at least once.
     #[must_use]
     pub fn resolved(&self) -> bool {
@@ -933,6 +986,57 @@ mod tests {
         assert!(view.resolved());
         let r = view.execute(&write, &out, &mut []);
         assert_eq!(r.status, scsi::sense::status::GOOD);
+    }
+
+    /// A LOGICAL UNIT RESET through one view: every other view's nexus
+    /// gets BUS DEVICE RESET FUNCTION OCCURRED once, the issuer none (LIO
+    /// reports it to the issuer), and the SPC-2 reservation is released.
+    #[test]
+    fn lu_reset_tells_the_other_nexuses() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = crate::lu::state::Identity::from_random(&[2; 13]);
+        let identity = LuIdentity {
+            naa: NaaId::new(&id.naa).unwrap(),
+            serial: id.serial.clone(),
+            vendor: "LIO-ORG".into(),
+            product: "tcmu-prd".into(),
+            revision: "0001".into(),
+        };
+        let backing = Arc::new(crate::backing::MemBacking::new(1 << 20, 4096));
+        let scsi = scsi::Lu::new(LuConfig::new(512, identity), backing).unwrap();
+        let nexus = |a| pr::Nexus {
+            initiator: TransportId::Sas { address: a },
+            rtpi: 1,
+        };
+        let mut state = LuState::new(id);
+        state.pr.spc2_holder = Some(nexus(1));
+        let lu = Arc::new(Lu::for_tests(scsi, state, &dir.path().join("state")).unwrap());
+        let views: Vec<Arc<View>> = (1..=3)
+            .map(|a| {
+                let v = Arc::new(View::new(
+                    lu.clone(),
+                    format!("v{a}"),
+                    PathBuf::new(),
+                    PathBuf::new(),
+                ));
+                v.set_nexus_for_tests(nexus(a), scsi::TargetPort::default());
+                lu.add_view(&v);
+                v
+            })
+            .collect();
+        lu.reset(views[0].nexus().as_ref());
+        assert!(lu.state().pr.spc2_holder.is_none());
+        let tur = [0u8; 6];
+        let r = views[0].execute(&tur, &[], &mut []);
+        assert_eq!(r.status, scsi::sense::status::GOOD, "the issuer");
+        for v in &views[1..] {
+            let r = v.execute(&tur, &[], &mut []);
+            assert_eq!(r.status, scsi::sense::status::CHECK_CONDITION);
+            let s = r.sense.unwrap();
+            assert_eq!((s.code().key, s.code().asc, s.code().ascq), (6, 0x29, 0x03));
+            let r = v.execute(&tur, &[], &mut []);
+            assert_eq!(r.status, scsi::sense::status::GOOD, "reported once");
+        }
     }
 
     #[test]

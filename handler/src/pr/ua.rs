@@ -4,8 +4,8 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use super::sense::{
-    COMMANDS_CLEARED_BY_ANOTHER_INITIATOR, REGISTRATIONS_PREEMPTED, RESERVATIONS_PREEMPTED,
-    RESERVATIONS_RELEASED, SenseInfo,
+    BUS_DEVICE_RESET_OCCURRED, COMMANDS_CLEARED_BY_ANOTHER_INITIATOR, REGISTRATIONS_PREEMPTED,
+    RESERVATIONS_PREEMPTED, RESERVATIONS_RELEASED, SenseInfo,
 };
 use super::state::Nexus;
 
@@ -21,6 +21,10 @@ pub enum Ua {
     RegistrationsPreempted,
     /// 2F/00: tasks of the nexus were aborted by PREEMPT AND ABORT (TAS=0).
     CommandsCleared,
+    /// 29/03: another I_T nexus reset the logical unit (SAM-5: a LOGICAL
+    /// UNIT RESET establishes a unit attention for every I_T nexus; LIO
+    /// reports it to the issuing one, we to all the others).
+    ResetOccurred,
 }
 
 impl Ua {
@@ -31,6 +35,7 @@ impl Ua {
             Ua::ReservationsReleased => RESERVATIONS_RELEASED,
             Ua::RegistrationsPreempted => REGISTRATIONS_PREEMPTED,
             Ua::CommandsCleared => COMMANDS_CLEARED_BY_ANOTHER_INITIATOR,
+            Ua::ResetOccurred => BUS_DEVICE_RESET_OCCURRED,
         }
     }
 }

@@ -254,6 +254,10 @@ impl Lu {
         ndob: bool,
         out: &[IoSlice<'_>],
     ) -> Result<usize, ScsiError> {
+        // A write-protected LU says so first, whatever else is asked (as
+        // LIO, which checks write protection before the backend sees the
+        // CDB).
+        self.check_writable()?;
         if anchor {
             // ANC_SUP is zero in the LBP VPD page.
             return Err(ScsiError::InvalidFieldInCdb(FieldPointer::cdb(1, 4)));

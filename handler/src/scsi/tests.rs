@@ -1570,6 +1570,14 @@ fn or_write() {
     );
     let ro = setup_with(|c| c.read_only = true);
     ro.check(&cdb16(0x8b, 0, 0, 1), &b[..BS], sense::WRITE_PROTECTED);
+    // WRITE SAME on a write-protected LU: WRITE PROTECTED even with the
+    // UNMAP bit on an LU without provisioning.
+    let ro = setup_with(|c| {
+        c.read_only = true;
+        c.thin_provisioning = false;
+    });
+    ro.check(&cdb10(0x41, 0x08, 0, 1), &b[..BS], sense::WRITE_PROTECTED);
+    ro.check(&cdb16(0x93, 0x08, 0, 1), &b[..BS], sense::WRITE_PROTECTED);
 }
 
 #[test]
