@@ -192,7 +192,12 @@ fn read_only_image_is_write_protected() {
     );
     assert_eq!(r.status, status::GOOD);
     assert_eq!(d[2] & 0x80, 0x80);
-    assert!(!lu.lbp(), "a read-only image offers no UNMAP");
+    // Provisioning is a property of the medium; write protection refuses
+    // UNMAP like any other change.
+    assert!(lu.lbp());
+    let r = exec(&lu, &[0x42, 0, 0, 0, 0, 0, 0, 0, 0, 0], &[], &mut []);
+    assert_eq!(r.status, status::CHECK_CONDITION);
+    assert_eq!(r.sense.unwrap().code(), sense::WRITE_PROTECTED);
 }
 
 #[test]

@@ -426,7 +426,10 @@ impl Backing for FileBacking {
     }
 
     fn supports_discard(&self) -> bool {
-        !self.read_only
+        // Every file and block device can deallocate (or at least zero,
+        // see `discard`). Read-only is write protection, reported as such
+        // by the SCSI layer, not a medium without provisioning.
+        true
     }
 
     fn discard(&self, offset: u64, len: u64) -> io::Result<()> {

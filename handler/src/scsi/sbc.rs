@@ -335,6 +335,7 @@ impl Lu {
         plen: usize,
         out: &[IoSlice<'_>],
     ) -> Result<usize, ScsiError> {
+        self.check_writable()?;
         if anchor {
             return Err(ScsiError::InvalidFieldInCdb(FieldPointer::cdb(1, 0)));
         }

@@ -1578,6 +1578,17 @@ fn or_write() {
     });
     ro.check(&cdb10(0x41, 0x08, 0, 1), &b[..BS], sense::WRITE_PROTECTED);
     ro.check(&cdb16(0x93, 0x08, 0, 1), &b[..BS], sense::WRITE_PROTECTED);
+    // A write-protected thin LU still offers UNMAP, and refuses it.
+    let ro = setup_with(|c| c.read_only = true);
+    let mut l = vec![0u8; 24];
+    l[0..2].copy_from_slice(&22u16.to_be_bytes());
+    l[2..4].copy_from_slice(&16u16.to_be_bytes());
+    l[8..16].copy_from_slice(&1u64.to_be_bytes());
+    l[16..20].copy_from_slice(&1u32.to_be_bytes());
+    let mut unmap = vec![0x42u8, 0, 0, 0, 0, 0, 0, 0, 24, 0];
+    ro.check(&unmap, &l, sense::WRITE_PROTECTED);
+    unmap[8] = 0;
+    ro.check(&unmap, &[], sense::WRITE_PROTECTED);
 }
 
 #[test]
