@@ -66,3 +66,40 @@ sg_persist -n --out --release --param-rk=0xa --prout-type=5 "$A"
 sg_persist -n --out --clear --param-rk=0xa "$A"
 sg_persist -n --in --read-keys "$A" | tee "$ART/keys3.txt"
 check "CLEAR removed every registration" grep -qi "there are NO registered reservation keys" "$ART/keys3.txt"
+
+# Every reservation type, A holding it: what READ(10) and WRITE(10) from B
+# get, unregistered and registered (SPC-4 table "commands allowed in the
+# presence of various reservations", read and write rows).
+io() { # io DISK read|write -> ok | conflict | other (past unit attentions)
+  local out i
+  for i in 1 2 3 4 5 6; do
+    if [ "$2" = read ]; then
+      out=$(sg_raw -v -r 512 "$1" 28 00 00 00 00 10 00 00 01 00 2>&1)
+    else
+      out=$(head -c 512 /dev/zero | sg_raw -v -s 512 -i /dev/stdin "$1" 2a 00 00 00 00 10 00 00 01 00 2>&1)
+    fi
+    grep -qi "unit attention" <<<"$out" || break
+  done
+  if grep -qi "reservation conflict" <<<"$out"; then echo conflict
+  elif grep -qi "good" <<<"$out"; then echo ok
+  else echo "other: $out" | tr '\n' ' '; fi
+}
+# type -> "unregistered-read unregistered-write registered-read registered-write"
+declare -A want=(
+  [1]="ok conflict ok conflict"                 # Write Exclusive
+  [3]="conflict conflict conflict conflict"     # Exclusive Access
+  [5]="ok conflict ok ok"                       # Write Exclusive, registrants only
+  [6]="conflict conflict ok ok"                 # Exclusive Access, registrants only
+  [7]="ok conflict ok ok"                       # Write Exclusive, all registrants
+  [8]="conflict conflict ok ok"                 # Exclusive Access, all registrants
+)
+for t in 1 3 5 6 7 8; do
+  sg_persist -n --out --register --param-sark=0xa "$A" >/dev/null
+  sg_persist -n --out --reserve --param-rk=0xa --prout-type=$t "$A" >/dev/null
+  got="$(io "$B" read) $(io "$B" write)"
+  sg_persist -n --out --register --param-sark=0xb "$B" >/dev/null
+  got="$got $(io "$B" read) $(io "$B" write)"
+  check_eq "type $t: B's read/write unregistered, then registered" "${want[$t]}" "$got"
+  check_eq "type $t: the holder A writes" ok "$(io "$A" write)"
+  sg_persist -n --out --clear --param-rk=0xa "$A" >/dev/null
+done
