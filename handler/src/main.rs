@@ -145,6 +145,13 @@ enum Command {
         #[arg(long, default_value = "/sys/kernel/config")]
         configfs: PathBuf,
     },
+    /// Print the durable state an LU's store holds (the newest valid slot:
+    /// sequence number, identity, ports, PR state) as JSON, without a
+    /// daemon. Read-only; for a running LU prefer `status`.
+    ShowState {
+        /// The state store (default for an image: <image>.tcmu-prd-state).
+        store: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -229,6 +236,16 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::ShowState { store } => match show_state(&store) {
+            Ok(json) => {
+                println!("{json}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("tcmu-prd: {}: {e}", store.display());
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 
@@ -267,4 +284,26 @@ fn run(config_path: Option<PathBuf>, hbas: Vec<u32>, names: Vec<String>) -> Exit
             ExitCode::FAILURE
         }
     }
+}
+
+/// The newest valid state of a store as one JSON object.
+fn show_state(path: &std::path::Path) -> Result<String, String> {
+    use tcmu_prd::cluster::store::Store;
+    if !path.exists() {
+        return Err("no such state store".into());
+    }
+    // O_DIRECT where the file system allows it: the daemons write with it.
+    let store = Store::open(path, false, true)
+        .or_else(|_| Store::open(path, false, false))
+        .map_err(|e| e.to_string())?;
+    let Some(snap) = store.read().map_err(|e| e.to_string())? else {
+        return Ok(serde_json::json!({ "seq": 0, "state": null }).to_string());
+    };
+    let state: serde_json::Value = serde_json::from_slice(&snap.payload).map_err(|e| {
+        format!(
+            "slot {} (seq {}) does not hold tcmu-prd state JSON: {e}",
+            snap.slot, snap.seq
+        )
+    })?;
+    Ok(serde_json::json!({ "seq": snap.seq, "slot": snap.slot, "state": state }).to_string())
 }

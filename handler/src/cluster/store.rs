@@ -310,13 +310,41 @@ impl Store {
         };
         let mut buf = Aligned::new(SLOT_SIZE);
         encode(seq, payload, buf.as_mut());
-        self.file
-            .write_all_at(buf.as_slice(), (slot * SLOT_SIZE) as u64)
-            .map_err(|source| StoreError::Io {
-                path: self.path.clone(),
-                op: "write",
-                source,
-            })?;
+        let crash = crash_point(seq);
+        let at = (slot * SLOT_SIZE) as u64;
+        let io = |source| StoreError::Io {
+            path: self.path.clone(),
+            op: "write",
+            source,
+        };
+        match crash {
+            Some(CrashPoint::Before) => crash_now("before the state write"),
+            Some(CrashPoint::Mid) => {
+                // A torn write: the first half of the new record (header and
+                // half the payload) over what the slot held before, then the
+                // process is gone.
+                let mut torn = Aligned::new(SLOT_SIZE);
+                let mut done = 0;
+                while done < SLOT_SIZE {
+                    match self
+                        .file
+                        .read_at(&mut torn.as_mut()[done..], at + done as u64)
+                    {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => done += n,
+                    }
+                }
+                let cut = HEADER_LEN + payload.len() / 2;
+                torn.as_mut()[..cut].copy_from_slice(&buf.as_slice()[..cut]);
+                self.file.write_all_at(torn.as_slice(), at).map_err(io)?;
+                crash_now("in the middle of the state write");
+            }
+            _ => {}
+        }
+        self.file.write_all_at(buf.as_slice(), at).map_err(io)?;
+        if crash == Some(CrashPoint::After) {
+            crash_now("after the state write, before the command completes");
+        }
         Ok(Snapshot {
             seq,
             payload: payload.to_vec(),
@@ -325,9 +353,55 @@ impl Store {
     }
 }
 
+/// Where the VM tier's crash tests stop the process during a state write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CrashPoint {
+    Before,
+    Mid,
+    After,
+}
+
+/// The environment variable that arms a crash point: `before@SEQ`,
+/// `mid@SEQ` or `after@SEQ` aborts the process (no clean-up, like kill -9)
+/// at that point of the write of state sequence number SEQ. For the VM
+/// tier's "kill -9 in the middle of a PR OUT" checks; unset in production.
+pub const CRASH_ENV: &str = "TCMU_PRD_CRASH_AT";
+
+fn crash_point(seq: u64) -> Option<CrashPoint> {
+    static ARMED: std::sync::OnceLock<Option<(CrashPoint, u64)>> = std::sync::OnceLock::new();
+    let armed = ARMED.get_or_init(|| parse_crash(&std::env::var(CRASH_ENV).ok()?));
+    armed.and_then(|(p, s)| (s == seq).then_some(p))
+}
+
+fn parse_crash(v: &str) -> Option<(CrashPoint, u64)> {
+    let (point, seq) = v.split_once('@')?;
+    let point = match point {
+        "before" => CrashPoint::Before,
+        "mid" => CrashPoint::Mid,
+        "after" => CrashPoint::After,
+        _ => return None,
+    };
+    Some((point, seq.parse().ok()?))
+}
+
+fn crash_now(when: &str) -> ! {
+    tracing::error!("{CRASH_ENV}: aborting {when}");
+    std::process::abort()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn crash_points_parse_strictly() {
+        assert_eq!(parse_crash("mid@7"), Some((CrashPoint::Mid, 7)));
+        assert_eq!(parse_crash("before@1"), Some((CrashPoint::Before, 1)));
+        assert_eq!(parse_crash("after@12"), Some((CrashPoint::After, 12)));
+        for bad in ["", "mid", "mid@", "mid@x", "middle@3", "@3", "mid@-1"] {
+            assert_eq!(parse_crash(bad), None, "{bad}");
+        }
+    }
 
     fn tmp(name: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("tcmu-prd-store-{}-{name}", std::process::id()));

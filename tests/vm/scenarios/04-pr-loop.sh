@@ -103,3 +103,42 @@ for t in 1 3 5 6 7 8; do
   check_eq "type $t: the holder A writes" ok "$(io "$A" write)"
   sg_persist -n --out --clear --param-rk=0xa "$A" >/dev/null
 done
+
+# kill -9 in the middle of a PR OUT, at each step of the state write
+# (before, half a slot written, after it but before the command completed):
+# the store then holds the old or the new state, never a mix, and after a
+# restart READ KEYS reports the state the store holds.
+store="$img.tcmu-prd-state"
+state_keys() { "$TCMU_PRD" show-state "$store" | python3 -c '
+import json, sys
+d = json.load(sys.stdin)
+print(" ".join(sorted("0x%x" % r["key"] for r in d["state"]["pr"]["registrations"])))'; }
+state_seq() { "$TCMU_PRD" show-state "$store" | python3 -c 'import json, sys; print(json.load(sys.stdin)["seq"])'; }
+read_keys() { sg_persist -n --in --read-keys "$A" 2>&1 | grep -o '0x[0-9a-f]*$' | sort | tr '\n' ' ' | sed 's/ $//'; }
+cur=d2
+for point in before mid after; do
+  sg_persist -n --out --register-ignore --param-sark=0xa "$A" >/dev/null
+  sg_persist -n --out --clear --param-rk=0xa "$A" >/dev/null
+  sg_persist -n --out --register --param-sark=0xa "$A" >/dev/null
+  daemon_stop $cur TERM
+  next=$(( $(state_seq) + 1 ))
+  export TCMU_PRD_CRASH_AT="$point@$next"
+  daemon_start crash-$point
+  unset TCMU_PRD_CRASH_AT
+  ( timeout 120 sg_persist -n --out --register --param-sark=0xb "$B" > "$ART/prout-$point.txt" 2>&1 ) &
+  prout=$!
+  wait_for 60 "the daemon died $point the state write" grep -q "TCMU_PRD_CRASH_AT: aborting" "$ART/crash-$point.log"
+  daemon_stop crash-$point KILL
+  if [ "$point" = after ]; then want="0xa 0xb"; else want="0xa"; fi
+  check_eq "store after a crash $point the write: one whole state" "$want" "$(state_keys)"
+  daemon_start back-$point
+  wait "$prout" || true
+  say "the interrupted PR OUT ended: $(tr '\n' ' ' < "$ART/prout-$point.txt")"
+  # The initiator may retry the interrupted PR OUT after the restart (the
+  # ring reset ends it BUSY): then the new state, else the stored one.
+  got=$(read_keys)
+  case "$got" in "0xa"|"0xa 0xb") ;; *) fail "READ KEYS after the crash $point: '$got' is neither state" ;; esac
+  check_eq "READ KEYS agrees with the store after the crash $point" "$(state_keys)" "$got"
+  cur=back-$point
+done
+daemon_stop $cur TERM
