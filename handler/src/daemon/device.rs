@@ -106,8 +106,10 @@ impl Device {
         let attribs = dir
             .attribs()
             .map_err(|e| DeviceError::Configfs(e.to_string()))?;
+        let mut fresh = false;
         let lu = lus
             .get_or_open(&cfg, || {
+                fresh = true;
                 Lu::open(
                     &cfg,
                     sharing,
@@ -118,6 +120,11 @@ impl Device {
                 )
             })
             .map_err(|e| DeviceError::Backing(e.to_string(), e.errno()))?;
+        if fresh && !recover {
+            // The LU's first view, new in the kernel (not adopted from a
+            // previous daemon): to its initiators the LU has just powered on.
+            lu.power_on();
+        }
         let target_root = roots.configfs.join("target");
         let view = Arc::new(View::new(
             lu,

@@ -279,6 +279,30 @@ impl Lu {
         }
     }
 
+    /// The LU (re)appears with no view left from before: a power on to its
+    /// initiators (SPC-4, persist through power loss): registrations and the reservation
+    /// survive only if the last PR OUT set APTPL; SPC-2 reservations never.
+    /// A daemon restart that adopts live views is not a power on, and in
+    /// cluster mode neither is one node's restart (other nodes may be
+    /// serving the LU), so there the state is kept; a whole-cluster power
+    /// cycle therefore keeps non-APTPL state too (the conservative side).
+    pub fn power_on(&self) {
+        if matches!(self.sync, StateSync::Cluster(_)) {
+            return;
+        }
+        match self.update_pr(|s| {
+            let n = s.power_on();
+            (n != *s).then_some(n)
+        }) {
+            Ok(true) => info!(
+                image = %self.image.display(),
+                "LU powered on: registrations and reservation without APTPL dropped (SPC-4)"
+            ),
+            Ok(false) => {}
+            Err(e) => error!(image = %self.image.display(), "LU power on: state not saved: {e}"),
+        }
+    }
+
     /// Changes the PR state durably (through the cluster when clustered)
     /// with `f`, which returns the new PR state if anything changes.
     fn update_pr(
@@ -1036,6 +1060,53 @@ mod tests {
             assert_eq!((s.code().key, s.code().asc, s.code().ascq), (6, 0x29, 0x03));
             let r = v.execute(&tur, &[], &mut []);
             assert_eq!(r.status, scsi::sense::status::GOOD, "reported once");
+        }
+    }
+
+    /// Power on: without APTPL the registrations and the reservation go,
+    /// with APTPL they stay; SPC-2 reservations go either way.
+    #[test]
+    fn power_on_keeps_only_aptpl_state() {
+        use crate::pr::{Holder, PrType, Registration, Reservation};
+        for aptpl in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let id = crate::lu::state::Identity::from_random(&[3; 13]);
+            let identity = LuIdentity {
+                naa: NaaId::new(&id.naa).unwrap(),
+                serial: id.serial.clone(),
+                vendor: "LIO-ORG".into(),
+                product: "tcmu-prd".into(),
+                revision: "0001".into(),
+            };
+            let backing = Arc::new(crate::backing::MemBacking::new(1 << 20, 4096));
+            let scsi = scsi::Lu::new(LuConfig::new(512, identity), backing).unwrap();
+            let n = pr::Nexus {
+                initiator: TransportId::Sas { address: 9 },
+                rtpi: 1,
+            };
+            let mut state = LuState::new(id);
+            state.pr.registrations.push(Registration {
+                nexus: n.clone(),
+                key: 7,
+                all_tg_pt: false,
+            });
+            state.pr.reservation = Some(Reservation {
+                holder: Holder::Nexus(n.clone()),
+                kind: PrType::WriteExclusive,
+            });
+            state.pr.spc2_holder = Some(n);
+            state.pr.aptpl = aptpl;
+            let store = dir.path().join("state");
+            let lu = Lu::for_tests(scsi, state, &store).unwrap();
+            lu.power_on();
+            let st = lu.state();
+            assert_eq!(
+                st.pr.registrations.len(),
+                usize::from(aptpl),
+                "aptpl={aptpl}"
+            );
+            assert_eq!(st.pr.reservation.is_some(), aptpl);
+            assert!(st.pr.spc2_holder.is_none());
         }
     }
 

@@ -142,3 +142,38 @@ for point in before mid after; do
   cur=back-$point
 done
 daemon_stop $cur TERM
+
+# Power on (SPC-4, APTPL): the LU's views all go and come back while the
+# daemon runs (what a target restart or node reboot looks like to it):
+# without APTPL the registrations and the reservation are gone, with APTPL
+# they persist. (A daemon restart alone is not a power on: see above.)
+daemon_start ap
+ex() { "$TCMU_PRD" "$1" --lu prl --image "$img" loopback --wwn $W --initiator $IA --initiator $IB > "$ART/$1.txt"; }
+find_views() {
+  wait_for 60 "two SCSI disks for the two views" bash -c '[ "$(ls /sys/class/scsi_disk | wc -l)" -ge 2 ]'
+  mapfile -t disks < <(for b in /sys/block/sd*; do basename "$b"; done)
+  A=/dev/${disks[0]}; B=/dev/${disks[1]}
+}
+power_cycle() {
+  ex unexport
+  wait_for 30 "the views' disks are gone" bash -c '[ "$(ls /sys/class/scsi_disk | wc -l)" -eq 0 ]'
+  ex export
+  find_views
+  sg_turs "$A" >/dev/null 2>&1 || true
+}
+sg_persist -n --out --register-ignore --param-sark=0xa "$A" >/dev/null
+sg_persist -n --out --clear --param-rk=0xa "$A" >/dev/null
+sg_persist -n --out --register --param-sark=0xa "$A" >/dev/null
+sg_persist -n --out --reserve --param-rk=0xa --prout-type=5 "$A" >/dev/null
+power_cycle
+check_eq "without APTPL, a power on drops the registrations" "" "$(read_keys)"
+check "... and the reservation" bash -c "sg_persist -n --in --read-reservation $A | grep -qi 'no reservation'"
+check "the daemon logged the power on" grep -q "LU powered on: registrations and reservation without APTPL dropped" "$ART/ap.log"
+sg_persist -n --out --register --param-sark=0xa --param-aptpl "$A" >/dev/null
+sg_persist -n --out --reserve --param-rk=0xa --prout-type=5 "$A" >/dev/null
+sg_persist -n --in --report-capabilities "$A" > "$ART/caps-aptpl.txt"
+check "REPORT CAPABILITIES: APTPL activated" grep -q "(PTPL_A): 1" "$ART/caps-aptpl.txt"
+power_cycle
+check_eq "with APTPL, the registration survives a power on" "0xa" "$(read_keys)"
+check "... and the reservation" bash -c "sg_persist -n --in --read-reservation $A | grep -q 'Key=0xa'"
+daemon_stop ap TERM
