@@ -87,6 +87,22 @@ check "A (registered again) writes through d1" bash -c "$(declare -f write_a); s
 daemon_start d2b --config "$ART/d2.toml"
 wait_for 30 "d2 restarted and adopted user_2/v2" grep -q "opened.*device=user_2/v2" "$ART/d2b.log"
 check_eq "keys through the restarted d2" "0x1 0x2 " "$(keys "$sdb")"
+# A stuck peer (alive, not answering blocking ASTs): d2 stopped while it
+# holds the LU's state lock. An update through d1 gives up within
+# update_timeout_ms (8 s) and ends BUSY, which the initiator's SCSI layer
+# retries; once d2 runs again the retried PR OUT completes. (While d1 waits
+# for EX it holds NL itself, so its own I/O waits too: DESIGN.md §4.)
+kill -STOP "$(cat "$ART/d2b.pid")"
+( timeout 120 sg_persist --out --register --param-rk=0x1 --param-sark=0x11 "$sda" > "$ART/prout-stuck.txt" 2>&1; echo "rc=$?" >> "$ART/prout-stuck.txt" ) &
+prout=$!
+wait_for 30 "d1 gave up waiting for the stuck peer (BUSY)" grep -q "reservation command failed, state unchanged: timed out waiting for the cluster lock" "$ART/d1.log"
+kill -CONT "$(cat "$ART/d2b.pid")"
+wait "$prout" || true
+cat "$ART/prout-stuck.txt"
+check "the PR OUT completed once the peer answered" grep -q "rc=0" "$ART/prout-stuck.txt"
+check_eq "the new key, seen through d2" "0x11 0x2 " "$(keys "$sdb")"
+check "d1 serves reads after the peer recovered" dd if="$sda" of=/dev/null bs=4k count=16 iflag=direct status=none
+
 daemon_stop d2b TERM
 daemon_stop d1 TERM
 check_eq "d1 exit status" 0 "$DAEMON_RC"
