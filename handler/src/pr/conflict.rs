@@ -69,7 +69,7 @@ pub fn classify(cdb: &[u8]) -> AccessClass {
             0x10 => Read, // POPULATE TOKEN (SBC-3)
             _ => Write,   // EXTENDED COPY, WRITE USING TOKEN, ...
         },
-        0x84 => Write, // RECEIVE COPY RESULTS / ROD TOKEN INFORMATION
+        0x84 => Read,  // RECEIVE COPY RESULTS / ROD TOKEN INFORMATION (reports only)
         0x8d => Write, // WRITE ATTRIBUTE
         0xb5 => Write, // SECURITY PROTOCOL OUT
         0xa3 => match sa {

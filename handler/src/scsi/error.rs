@@ -67,6 +67,29 @@ pub enum ScsiError {
     /// A hook (e.g. the cluster lock) refused for now; retry.
     #[error("busy")]
     Busy,
+    /// EXTENDED COPY refused or aborted: which check, and the parameter list
+    /// field that failed it.
+    #[error("extended copy: {0:?} at {1:?}")]
+    Copy(CopyFault, FieldPointer),
+}
+
+/// Why an EXTENDED COPY parameter list cannot be carried out (beyond the
+/// generic parameter list errors).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CopyFault {
+    /// More CSCD descriptors than OPERATING PARAMETERS allows.
+    TooManyCscds,
+    /// A CSCD descriptor type other than identification (E4h).
+    UnsupportedCscdType,
+    /// More segment descriptors than OPERATING PARAMETERS allows.
+    TooManySegments,
+    /// A segment descriptor type other than block to block (02h).
+    UnsupportedSegmentType,
+    /// A segment names a CSCD that is missing, not this logical unit, or a
+    /// block range outside it.
+    TargetNotReachable,
+    /// A CSCD naming this logical unit gives another peripheral device type.
+    IncorrectTargetType,
 }
 
 fn errno(e: &io::Error) -> Option<Errno> {
@@ -123,6 +146,21 @@ impl ScsiError {
             Self::Write(e) | Self::Sync(e) if is_medium(e) => plain(sense::WRITE_ERROR),
             Self::Read(_) | Self::Write(_) | Self::Sync(_) => plain(sense::INTERNAL_TARGET_FAILURE),
             Self::Busy => None,
+            Self::Copy(fault, fp) => pointed(
+                match fault {
+                    CopyFault::TooManyCscds => sense::TOO_MANY_TARGET_DESCRIPTORS,
+                    CopyFault::UnsupportedCscdType => {
+                        sense::UNSUPPORTED_TARGET_DESCRIPTOR_TYPE_CODE
+                    }
+                    CopyFault::TooManySegments => sense::TOO_MANY_SEGMENT_DESCRIPTORS,
+                    CopyFault::UnsupportedSegmentType => {
+                        sense::UNSUPPORTED_SEGMENT_DESCRIPTOR_TYPE_CODE
+                    }
+                    CopyFault::TargetNotReachable => sense::COPY_TARGET_DEVICE_NOT_REACHABLE,
+                    CopyFault::IncorrectTargetType => sense::INCORRECT_COPY_TARGET_DEVICE_TYPE,
+                },
+                *fp,
+            ),
         }
     }
 

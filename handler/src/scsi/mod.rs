@@ -7,12 +7,14 @@
 //! Layout: [`opcode`] (the one opcode table and CDB parsers), [`sense`]
 //! (the one sense table and encodings), [`error`] (errors and their one
 //! mapping to status/sense), `spc` (INQUIRY, MODE, RSOC, ...), `sbc` (block
-//! I/O), [`lock`] (COMPARE AND WRITE atomicity).
+//! I/O), [`lock`] (COMPARE AND WRITE atomicity), [`xcopy`] (EXTENDED COPY
+//! and RECEIVE COPY RESULTS).
 
 pub mod error;
 pub mod lock;
 pub mod opcode;
 pub mod sense;
+pub mod xcopy;
 
 mod sbc;
 mod spc;
@@ -229,6 +231,8 @@ pub struct Lu {
     mode: ModeState,
     ranges: RangeLock,
     caw_hook: Option<Arc<dyn CawHook>>,
+    /// EXTENDED COPY status kept for RECEIVE COPY RESULTS.
+    copies: xcopy::CopyManager,
 }
 
 fn check_string(field: &'static str, s: &str, max: usize) -> Result<(), ConfigError> {
@@ -268,6 +272,7 @@ impl Lu {
             backing,
             ranges: RangeLock::default(),
             caw_hook: None,
+            copies: xcopy::CopyManager::default(),
         })
     }
 
@@ -358,6 +363,7 @@ impl Lu {
         let cmd = opcode::parse(info, cdb)?;
         let len = match cmd {
             Command::TestUnitReady | Command::PreventAllow => 0,
+            Command::Copy(c) => self.copy_command(c, out, din)?,
             Command::RequestSense { desc, alloc } => self.request_sense(desc, alloc, din),
             Command::Inquiry { evpd, page, alloc } => self.inquiry(port, evpd, page, alloc, din)?,
             Command::ModeSense {

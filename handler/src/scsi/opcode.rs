@@ -69,6 +69,8 @@ pub struct Rw {
 #[allow(missing_docs)]
 pub enum Command {
     TestUnitReady,
+    /// EXTENDED COPY and RECEIVE COPY RESULTS ([`super::xcopy`]).
+    Copy(super::xcopy::CopyCommand),
     RequestSense {
         desc: bool,
         alloc: usize,
@@ -332,6 +334,14 @@ pub static OPCODES: &[OpInfo] = &[
     op(0x5f, Some(0x05), "PERSISTENT RESERVE OUT/PREEMPT AND ABORT", &[0x5f, 0x05, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0], Caller, None),
     op(0x5f, Some(0x06), "PERSISTENT RESERVE OUT/REGISTER AND IGNORE EXISTING KEY", &[0x5f, 0x06, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0], Caller, None),
     op(0x5f, Some(0x07), "PERSISTENT RESERVE OUT/REGISTER AND MOVE", &[0x5f, 0x07, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0], Caller, None),
+    op(0x83, Some(0x00), "EXTENDED COPY(LID1)", &[0x83, 0x00, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0],
+        Always, Some(super::xcopy::parse_extended_copy)),
+    op(0x84, Some(0x00), "RECEIVE COPY STATUS(LID1)", &[0x84, 0x00, 0xff, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0],
+        Always, Some(super::xcopy::parse_copy_status)),
+    op(0x84, Some(0x03), "RECEIVE COPY OPERATING PARAMETERS", &[0x84, 0x03, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0],
+        Always, Some(super::xcopy::parse_operating_parameters)),
+    op(0x84, Some(0x04), "RECEIVE COPY FAILURE DETAILS(LID1)", &[0x84, 0x04, 0xff, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0],
+        Always, Some(super::xcopy::parse_failed_segment_details)),
     op(0x88, None, "READ(16)", &[0x88, 0x1a, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0],
         Always, Some(|c| Ok(Command::Read(rw16(c))))),
     op(0x89, None, "COMPARE AND WRITE", &[0x89, 0x1a, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0xff, 0x1f, 0],
@@ -563,6 +573,9 @@ pub fn direction(cdb: &[u8]) -> Direction {
         0x9e => Direction::FromDevice,
         // MAINTENANCE IN: REPORT TARGET PORT GROUPS, REPORT SUPPORTED OPCODES, ...
         0xa3 => Direction::FromDevice,
+        // EXTENDED COPY sends its parameter list; RECEIVE COPY RESULTS answers.
+        0x83 => Direction::ToDevice,
+        0x84 => Direction::FromDevice,
         // WRITE 6/10/12/16, WRITE AND VERIFY 10/12/16, MODE SELECT 6/10,
         // UNMAP, COMPARE AND WRITE, PR OUT, MAINTENANCE OUT.
         0x0a | 0x2a | 0xaa | 0x8a | 0x2e | 0xae | 0x8e | 0x15 | 0x55 | 0x42 | 0x89 | 0x5f

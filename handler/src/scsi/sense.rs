@@ -33,6 +33,8 @@ pub mod key {
     pub const UNIT_ATTENTION: u8 = 0x6;
     /// Write protected or out of space.
     pub const DATA_PROTECT: u8 = 0x7;
+    /// EXTENDED COPY aborted by a copy target or copy manager error.
+    pub const COPY_ABORTED: u8 = 0xa;
     /// Command aborted.
     pub const ABORTED_COMMAND: u8 = 0xb;
     /// VERIFY / COMPARE AND WRITE data mismatch.
@@ -86,6 +88,23 @@ pub const WRITE_PROTECTED: SenseCode = sc(key::DATA_PROTECT, 0x27, 0x00);
 pub const SPACE_ALLOCATION_FAILED_WRITE_PROTECT: SenseCode = sc(key::DATA_PROTECT, 0x27, 0x07);
 /// MISCOMPARE DURING VERIFY OPERATION.
 pub const MISCOMPARE_DURING_VERIFY: SenseCode = sc(key::MISCOMPARE, 0x1d, 0x00);
+
+// EXTENDED COPY (SPC-4 6.4): parameter list checks and copy aborts.
+
+/// TOO MANY TARGET DESCRIPTORS (CSCD descriptors).
+pub const TOO_MANY_TARGET_DESCRIPTORS: SenseCode = sc(key::ILLEGAL_REQUEST, 0x26, 0x06);
+/// UNSUPPORTED TARGET DESCRIPTOR TYPE CODE.
+pub const UNSUPPORTED_TARGET_DESCRIPTOR_TYPE_CODE: SenseCode = sc(key::ILLEGAL_REQUEST, 0x26, 0x07);
+/// TOO MANY SEGMENT DESCRIPTORS.
+pub const TOO_MANY_SEGMENT_DESCRIPTORS: SenseCode = sc(key::ILLEGAL_REQUEST, 0x26, 0x08);
+/// UNSUPPORTED SEGMENT DESCRIPTOR TYPE CODE.
+pub const UNSUPPORTED_SEGMENT_DESCRIPTOR_TYPE_CODE: SenseCode =
+    sc(key::ILLEGAL_REQUEST, 0x26, 0x09);
+/// COPY TARGET DEVICE NOT REACHABLE: the copy cannot be done here (LIO's
+/// answer, which tells the initiator to fall back to READ and WRITE).
+pub const COPY_TARGET_DEVICE_NOT_REACHABLE: SenseCode = sc(key::COPY_ABORTED, 0x0d, 0x02);
+/// INCORRECT COPY TARGET DEVICE TYPE.
+pub const INCORRECT_COPY_TARGET_DEVICE_TYPE: SenseCode = sc(key::COPY_ABORTED, 0x0d, 0x03);
 
 /// Sense-key-specific field pointer (SPC-4 4.4.2.2): where the bad field is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
