@@ -239,7 +239,9 @@ impl Device {
             TmrType::LunReset | TmrType::TargetWarmReset | TmrType::TargetColdReset
         ) {
             let view = self.view.clone();
-            return Some(Box::new(move || view.lu().reset(view.nexus().as_ref())));
+            let issuer = view.nexus();
+            view.lu().reset_unit_attentions(issuer.as_ref());
+            return Some(Box::new(move || view.lu().reset(issuer.as_ref())));
         }
         None
     }

@@ -224,11 +224,12 @@ impl Lu {
     }
 
     /// LOGICAL UNIT RESET through the view of `issuer` (if its nexus is
-    /// known): releases the SPC-2 reservation durably (SPC-4 5.13.1; PR
-    /// survives) and establishes BUS DEVICE RESET FUNCTION OCCURRED for
-    /// every other I_T nexus of the LU (SAM-5 6.6; the kernel reports it
-    /// to the issuer only) — in cluster mode through the state's UA log, so
-    /// that the other nodes' views hear of it too.
+    /// known), the durable half: releases the SPC-2 reservation (SPC-4
+    /// 5.13.1; PR survives) and, in cluster mode, records BUS DEVICE RESET
+    /// FUNCTION OCCURRED for every other I_T nexus of the LU (SAM-5 6.6; the
+    /// kernel reports it to the issuer only) in the state's UA log, so that
+    /// every node's views hear of it. Local mode: see
+    /// [`Lu::reset_unit_attentions`].
     pub fn reset(&self, issuer: Option<&pr::Nexus>) {
         let cluster = matches!(self.sync, StateSync::Cluster(_));
         let for_log = issuer.filter(|_| cluster).cloned();
@@ -245,30 +246,6 @@ impl Lu {
             }
             (released.is_some(), changed.then_some(new), Vec::new())
         });
-        if !cluster {
-            let others: Vec<pr::UnitAttention> = self
-                .views
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .iter()
-                .filter_map(Weak::upgrade)
-                .filter_map(|v| match v.cached_who().as_deref() {
-                    Some(Who::One { nexus, .. }) if issuer.is_none_or(|i| !nexus.matches(i)) => {
-                        Some(pr::UnitAttention {
-                            nexus: nexus.clone(),
-                            ua: pr::Ua::ResetOccurred,
-                        })
-                    }
-                    _ => None,
-                })
-                .collect();
-            if !others.is_empty() {
-                self.uas
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .establish(&others);
-            }
-        }
         let r = r.map(|(released, _)| released);
         match r {
             Ok(true) => {
@@ -276,6 +253,40 @@ impl Lu {
             }
             Ok(false) => {}
             Err(e) => error!(image = %self.image.display(), "LU reset: state not saved: {e}"),
+        }
+    }
+
+    /// The local half of a LOGICAL UNIT RESET: in local mode, establishes
+    /// BUS DEVICE RESET FUNCTION OCCURRED for this LU's views other than the
+    /// issuer's, in memory. Called on the event loop as the TMR notification
+    /// arrives — before the initiator can send its next command on another
+    /// path — while [`Lu::reset`] does the durable part on a worker. (In
+    /// cluster mode the UA goes through the state's log in `reset`.)
+    pub fn reset_unit_attentions(&self, issuer: Option<&pr::Nexus>) {
+        if matches!(self.sync, StateSync::Cluster(_)) {
+            return;
+        }
+        let others: Vec<pr::UnitAttention> = self
+            .views
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .filter_map(Weak::upgrade)
+            .filter_map(|v| match v.cached_who().as_deref() {
+                Some(Who::One { nexus, .. }) if issuer.is_none_or(|i| !nexus.matches(i)) => {
+                    Some(pr::UnitAttention {
+                        nexus: nexus.clone(),
+                        ua: pr::Ua::ResetOccurred,
+                    })
+                }
+                _ => None,
+            })
+            .collect();
+        if !others.is_empty() {
+            self.uas
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .establish(&others);
         }
     }
 
@@ -1048,6 +1059,7 @@ mod tests {
                 v
             })
             .collect();
+        lu.reset_unit_attentions(views[0].nexus().as_ref());
         lu.reset(views[0].nexus().as_ref());
         assert!(lu.state().pr.spc2_holder.is_none());
         let tur = [0u8; 6];
