@@ -6,6 +6,7 @@ pub mod backing;
 pub mod cluster;
 pub mod config;
 pub mod configfs;
+pub mod control;
 pub mod daemon;
 pub mod dbus;
 pub mod export;

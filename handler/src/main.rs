@@ -4,15 +4,22 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use tcmu_prd::config::{Config, Glob};
+use tcmu_prd::control::{self, Request};
 use tcmu_prd::{cluster, daemon, export, logging, uio};
 
 #[derive(Parser, Debug)]
 #[command(
     name = "tcmu-prd",
     version,
-    about = "TCMU backstore handler for LIO with cluster-wide SCSI persistent reservations"
+    about = "TCMU backstore handler for LIO with cluster-wide SCSI persistent reservations",
+    after_long_help = "Files: /etc/tcmu-prd/tcmu-prd.toml (daemon config, `run --config`), \
+/run/tcmu-prd/control.sock (control socket of `status` and `log-level`; [paths] control_socket), \
+<image>.tcmu-prd-state (an LU's durable PR and identity store). \
+Environment: TCMU_PRD_LOG overrides the configured log filter (RUST_LOG syntax). \
+Signals: SIGTERM drains in-flight commands and exits; SIGHUP reloads the config and log level. \
+See README.md for set-up, the systemd unit, Pacemaker ordering and troubleshooting."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -105,6 +112,32 @@ impl ExportArgs {
     }
 }
 
+/// Which daemon to talk to.
+#[derive(clap::Args, Debug, Clone)]
+struct SocketArgs {
+    /// The daemon's control socket (default: the config's [paths]
+    /// control_socket, else /run/tcmu-prd/control.sock).
+    #[arg(long, short)]
+    socket: Option<PathBuf>,
+    /// Read the socket path from this daemon config file.
+    #[arg(long, short, conflicts_with = "socket")]
+    config: Option<PathBuf>,
+}
+
+impl SocketArgs {
+    fn path(&self) -> Result<PathBuf, String> {
+        if let Some(s) = &self.socket {
+            return Ok(s.clone());
+        }
+        match &self.config {
+            Some(c) => Config::load(c)
+                .map(|c| c.paths.control_socket)
+                .map_err(|e| e.to_string()),
+            None => Ok(PathBuf::from(control::DEFAULT_SOCKET)),
+        }
+    }
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the daemon: serve every TCMU device of subtype dlmfile that the
@@ -130,6 +163,30 @@ enum Command {
         /// The uio class directory.
         #[arg(long, default_value = "/sys/class/uio")]
         uio_class: PathBuf,
+    },
+    /// Show what the running daemon serves: LUs, their views and I_T
+    /// nexuses, the cluster state and each LU's persistent reservations.
+    Status {
+        /// Print JSON (stable field names) instead of the table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        socket: SocketArgs,
+    },
+    /// Change the running daemon's log filter, e.g. `debug` or
+    /// `info,tcmu_prd::ring=trace` (until the next SIGHUP, which goes back
+    /// to the config file's level).
+    LogLevel {
+        /// A tracing filter directive (no spaces).
+        filter: String,
+        #[command(flatten)]
+        socket: SocketArgs,
+    },
+    /// Write the man pages (section 8) into DIR.
+    #[command(hide = true)]
+    GenerateMan {
+        /// Output directory (created if missing).
+        dir: PathBuf,
     },
     /// Check that this node's DLM works for tcmu-prd: join a lockspace and
     /// pass a lock value block between two lock holders (EX write, NL, PR
@@ -216,6 +273,20 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
+        Command::Status { json, socket } => status(json, &socket),
+        Command::LogLevel { filter, socket } => log_level(&filter, &socket),
+        Command::GenerateMan { dir } => match generate_man(&dir) {
+            Ok(pages) => {
+                for p in pages {
+                    println!("{}", p.display());
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("tcmu-prd: writing man pages into {}: {e}", dir.display());
+                ExitCode::FAILURE
+            }
+        },
         Command::CheckDlm {
             lockspace,
             timeout,
@@ -306,4 +377,203 @@ fn show_state(path: &std::path::Path) -> Result<String, String> {
         )
     })?;
     Ok(serde_json::json!({ "seq": snap.seq, "slot": snap.slot, "state": state }).to_string())
+}
+
+/// Sends `req` to the daemon; prints the error and returns `None` on failure.
+fn call(socket: &SocketArgs, req: &Request) -> Option<control::Reply> {
+    let path = match socket.path() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("tcmu-prd: {e}");
+            return None;
+        }
+    };
+    match control::call(&path, req) {
+        Ok(r) if r.ok => Some(r),
+        Ok(r) => {
+            eprintln!(
+                "tcmu-prd: the daemon on {} refused: {}",
+                path.display(),
+                r.error.as_deref().unwrap_or("no reason given")
+            );
+            None
+        }
+        Err(e) => {
+            eprintln!("tcmu-prd: {e}");
+            None
+        }
+    }
+}
+
+fn status(json: bool, socket: &SocketArgs) -> ExitCode {
+    let Some(reply) = call(socket, &Request::Status) else {
+        return ExitCode::FAILURE;
+    };
+    let Some(st) = reply.status else {
+        eprintln!("tcmu-prd: the daemon's reply has no status");
+        return ExitCode::FAILURE;
+    };
+    if json {
+        match serde_json::to_string_pretty(&st) {
+            Ok(t) => println!("{t}"),
+            Err(e) => {
+                eprintln!("tcmu-prd: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        print!("{}", control::status::render(&st));
+    }
+    ExitCode::SUCCESS
+}
+
+fn log_level(filter: &str, socket: &SocketArgs) -> ExitCode {
+    match call(socket, &Request::LogLevel(filter.to_owned())) {
+        Some(r) => {
+            println!("log filter now {}", r.log_filter.as_deref().unwrap_or("?"));
+            ExitCode::SUCCESS
+        }
+        None => ExitCode::FAILURE,
+    }
+}
+
+/// The pages: `tcmu-prd.8`, and `tcmu-prd-<sub>[-<subsub>].8` for every
+/// visible subcommand.
+fn man_pages() -> Vec<(String, Vec<u8>)> {
+    // After `build`, a subcommand's display name is `tcmu-prd-<sub>`.
+    fn walk(cmd: &clap::Command, out: &mut Vec<(String, Vec<u8>)>) {
+        let name = cmd.get_display_name().unwrap_or(cmd.get_name());
+        let mut buf = Vec::new();
+        if clap_mangen::Man::new(cmd.clone())
+            .section("8")
+            .manual("System Administration")
+            .render(&mut buf)
+            .is_ok()
+        {
+            out.push((format!("{name}.8"), buf));
+        }
+        // clap's own `help` subcommands need no pages.
+        for sub in cmd
+            .get_subcommands()
+            .filter(|s| !s.is_hide_set() && s.get_name() != "help")
+        {
+            walk(sub, out);
+        }
+    }
+    let mut cmd = Cli::command();
+    cmd.build();
+    let mut out = Vec::new();
+    walk(&cmd, &mut out);
+    out
+}
+
+fn generate_man(dir: &std::path::Path) -> std::io::Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(dir)?;
+    let mut written = Vec::new();
+    for (name, page) in man_pages() {
+        let p = dir.join(name);
+        std::fs::write(&p, page)?;
+        written.push(p);
+    }
+    Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn man_pages_cover_every_subcommand() {
+        let pages = man_pages();
+        let names: Vec<&str> = pages.iter().map(|(n, _)| n.as_str()).collect();
+        let main = String::from_utf8(pages[0].1.clone()).unwrap();
+        assert_eq!(names[0], "tcmu-prd.8");
+        assert!(
+            main.starts_with(".ie"),
+            "roff: {}",
+            &main[..40.min(main.len())]
+        );
+        assert!(main.contains(".TH tcmu-prd 8"), "{main}");
+        for sub in Cli::command().get_subcommands() {
+            let n = sub.get_name();
+            let roff = n.replace('-', "\\-");
+            if sub.is_hide_set() {
+                assert!(!main.contains(&roff), "hidden {n} in the man page");
+                continue;
+            }
+            assert!(main.contains(&roff), "tcmu-prd.8 does not mention {n}");
+            assert!(
+                names.contains(&format!("tcmu-prd-{n}.8").as_str()),
+                "{names:?}"
+            );
+        }
+        for want in [
+            "tcmu-prd-export-iscsi.8",
+            "tcmu-prd-status.8",
+            "tcmu-prd-log-level.8",
+        ] {
+            assert!(names.contains(&want), "{names:?}");
+        }
+        let status = &pages
+            .iter()
+            .find(|(n, _)| n == "tcmu-prd-status.8")
+            .unwrap()
+            .1;
+        let status = String::from_utf8_lossy(status);
+        assert!(
+            status.contains("\\-\\-json") && status.contains("\\-\\-socket"),
+            "{status}"
+        );
+    }
+
+    #[test]
+    fn generate_man_writes_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let written = generate_man(&dir.path().join("man8")).unwrap();
+        assert!(written.len() >= 8);
+        assert!(written.iter().all(|p| p.metadata().unwrap().len() > 100));
+    }
+
+    #[test]
+    fn socket_path_precedence() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("d.toml");
+        std::fs::write(&cfg, "[paths]\ncontrol_socket = \"/run/x/d2.sock\"\n").unwrap();
+        let a = |socket: Option<&str>, config: Option<&PathBuf>| SocketArgs {
+            socket: socket.map(PathBuf::from),
+            config: config.cloned(),
+        };
+        assert_eq!(
+            a(None, None).path().unwrap(),
+            PathBuf::from(control::DEFAULT_SOCKET)
+        );
+        assert_eq!(
+            a(None, Some(&cfg)).path().unwrap(),
+            PathBuf::from("/run/x/d2.sock")
+        );
+        assert_eq!(a(Some("/s"), None).path().unwrap(), PathBuf::from("/s"));
+        let missing = dir.path().join("none.toml");
+        assert!(
+            a(None, Some(&missing))
+                .path()
+                .unwrap_err()
+                .contains("none.toml")
+        );
+    }
+
+    #[test]
+    fn status_against_no_daemon_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SocketArgs {
+            socket: Some(dir.path().join("gone.sock")),
+            config: None,
+        };
+        assert_eq!(status(false, &s), ExitCode::FAILURE);
+        assert_eq!(log_level("debug", &s), ExitCode::FAILURE);
+    }
 }

@@ -351,6 +351,17 @@ impl LuHandle {
         self.inner.lock().inflight
     }
 
+    /// `serving`, `closed` (its lock is being (re)acquired or drained) or
+    /// `refused`, for `tcmu-prd status`.
+    #[must_use]
+    pub fn phase(&self) -> &'static str {
+        match &self.inner.lock().phase {
+            Phase::Serving => "serving",
+            Phase::Closed => "closed",
+            Phase::Refused(_) => "refused",
+        }
+    }
+
     /// Why the LU refuses commands, if it does.
     #[must_use]
     pub fn refusal(&self) -> Option<ClusterError> {
@@ -436,6 +447,29 @@ enum Which {
     Caw,
 }
 
+/// A read-only picture of the cluster side, for `tcmu-prd status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterSnapshot {
+    /// `Err(why)` while the lockspace is lost (or not joined yet).
+    pub available: Result<(), String>,
+    /// Every LU, by id.
+    pub lus: Vec<LuLocks>,
+}
+
+/// One LU's locks as the cluster thread holds them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LuLocks {
+    pub id: String,
+    /// State lock mode granted.
+    pub held: Option<Mode>,
+    /// Mode of the request in progress.
+    pub pending: Option<Mode>,
+    /// COMPARE AND WRITE lock mode granted.
+    pub caw_held: Option<Mode>,
+    /// Updates waiting for EX.
+    pub queued_updates: usize,
+}
+
 /// The cluster side of every LU of one lock manager (one lockspace, one node).
 pub struct Cluster<L, S, R> {
     lm: L,
@@ -477,6 +511,25 @@ impl<L: LockManager, S: StateStore, R> Cluster<L, S, R> {
             locks: HashMap::new(),
             available: Ok(()),
             done: Vec::new(),
+        }
+    }
+
+    /// What `tcmu-prd status` shows; reads only.
+    #[must_use]
+    pub fn snapshot(&self) -> ClusterSnapshot {
+        ClusterSnapshot {
+            available: self.available.clone(),
+            lus: self
+                .lus
+                .iter()
+                .map(|(id, lu)| LuLocks {
+                    id: id.clone(),
+                    held: lu.held,
+                    pending: lu.pending.map(|r| r.mode),
+                    caw_held: lu.caw.held,
+                    queued_updates: lu.updates.len(),
+                })
+                .collect(),
         }
     }
 

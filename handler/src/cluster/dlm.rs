@@ -31,7 +31,8 @@ use dlm_sys::{Lock, Lockspace};
 use tracing::{error, info, warn};
 
 use super::cache::{
-    Apply, Cluster, ClusterError, Config, Done, LuHandle, StateStore, Updated, Wake,
+    Apply, Cluster, ClusterError, ClusterSnapshot, Config, Done, LuHandle, StateStore, Updated,
+    Wake,
 };
 use super::lockmgr::{Event, Grant, LVB_LEN, LmError, LockFlags, LockId, LockManager, Mode};
 
@@ -257,6 +258,9 @@ enum Msg<R> {
         lu: String,
         tag: u64,
     },
+    Snapshot {
+        reply: Sender<ClusterSnapshot>,
+    },
     Shutdown,
 }
 
@@ -396,6 +400,15 @@ impl<R: Send + 'static> ClusterThread<R> {
         })
     }
 
+    /// Asks for a picture of the cluster side (`tcmu-prd status`); it comes
+    /// back on the returned channel when the thread next runs its loop
+    /// (not while it is inside a libdlm call).
+    pub fn snapshot(&self) -> Result<Receiver<ClusterSnapshot>, ClusterError> {
+        let (reply, rx) = crossbeam_channel::bounded(1);
+        self.send(Msg::Snapshot { reply })?;
+        Ok(rx)
+    }
+
     /// Stops the thread and waits for it.
     pub fn shutdown(&self) {
         let _ = self.send(Msg::Shutdown);
@@ -447,6 +460,9 @@ fn run<L: LockManager, R>(
                     c.caw_acquire(&lu, next_tag, now);
                 }
                 Msg::CawRelease { lu, tag } => c.caw_release(&lu, tag, now),
+                Msg::Snapshot { reply } => {
+                    let _ = reply.send(c.snapshot());
+                }
             }
         }
         c.step(now);
@@ -540,6 +556,16 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!((s.seq, s.payload.as_slice()), (1, &b"new state"[..]));
+        let snap = ct
+            .snapshot()
+            .unwrap()
+            .recv_timeout(Duration::from_secs(5))
+            .unwrap();
+        assert_eq!(snap.available, Ok(()));
+        assert_eq!(snap.lus.len(), 1);
+        assert_eq!(snap.lus[0].id, "vol1");
+        assert_eq!(snap.lus[0].queued_updates, 0);
+        assert_eq!(h.phase(), "serving");
         let reqs = h.dlm_requests();
         for _ in 0..100 {
             let Admission::Serve(_t) = h.admit() else {

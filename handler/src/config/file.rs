@@ -19,6 +19,7 @@
 //! [paths]
 //! configfs = "/sys/kernel/config"
 //! sysfs = "/sys"
+//! control_socket = "/run/tcmu-prd/control.sock"   # `tcmu-prd status`
 //! ```
 //!
 //! Every table and key is optional; unknown keys are errors.
@@ -234,6 +235,10 @@ pub struct Paths {
     /// `sysfs`: sysfs mount point (uio devices, module parameters).
     /// Default `/sys`.
     pub sysfs: PathBuf,
+    /// `control_socket`: the Unix socket `tcmu-prd status` and `tcmu-prd
+    /// log-level` talk to. Default `/run/tcmu-prd/control.sock`; daemons
+    /// sharing a machine need one each.
+    pub control_socket: PathBuf,
 }
 
 impl Default for Paths {
@@ -242,6 +247,7 @@ impl Default for Paths {
         Paths {
             configfs: r.configfs,
             sysfs: r.sysfs,
+            control_socket: PathBuf::from(crate::control::DEFAULT_SOCKET),
         }
     }
 }
@@ -359,6 +365,10 @@ mod tests {
         assert_eq!(c.cluster.lockspace.0, "tcmu-prd");
         assert_eq!(c.daemon.dbus, None, "D-Bus: use it when there is a bus");
         assert_eq!(c.paths.roots(), Roots::default());
+        assert_eq!(
+            c.paths.control_socket,
+            PathBuf::from("/run/tcmu-prd/control.sock")
+        );
     }
 
     #[test]
@@ -379,6 +389,7 @@ update_timeout_ms = 2500
 [paths]
 configfs = "/tmp/cfg"
 sysfs = "/tmp/sys"
+control_socket = "/run/t/a.sock"
 "#,
         )
         .unwrap();
@@ -388,6 +399,7 @@ sysfs = "/tmp/sys"
         assert_eq!(c.cluster.mode, ClusterMode::Dlm);
         assert_eq!(c.cluster.update_timeout_ms.get(), 2500);
         assert_eq!(c.paths.configfs, PathBuf::from("/tmp/cfg"));
+        assert_eq!(c.paths.control_socket, PathBuf::from("/run/t/a.sock"));
     }
 
     #[test]

@@ -207,6 +207,16 @@ impl Device {
         self.ring.in_flight()
     }
 
+    /// For `tcmu-prd status` (cheap: a name, counters and an `Arc`).
+    pub fn snapshot(&self) -> super::control::DeviceSnap {
+        super::control::DeviceSnap {
+            name: self.id.to_string(),
+            minor: self.minor,
+            in_flight: self.ring.in_flight(),
+            view: self.view.clone(),
+        }
+    }
+
     /// Consumes the uio wake-up count (exactly 4 bytes), if any is pending.
     pub fn ack_wakeup(&self) {
         match self.uio.wait() {

@@ -1,6 +1,7 @@
 //! The daemon: one event loop for uio fds, netlink and signals; command
 //! execution on worker threads; systemd notification.
 
+mod control;
 mod device;
 pub mod notify;
 pub mod pool;

@@ -19,6 +19,7 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use tracing::{debug, error, info, warn};
 
+use super::control;
 use super::device::Device;
 use super::notify;
 use super::pool::Pool;
@@ -97,6 +98,10 @@ pub(super) struct Daemon {
     stopping: Option<Instant>,
     /// Held for its lifetime: dropping it releases the bus name.
     _dbus: Option<crate::dbus::Service>,
+    /// `tcmu-prd status` asks for the device list here.
+    control_rx: Receiver<control::Query>,
+    /// Dropping it removes the control socket.
+    _control: Option<control::Server>,
 }
 
 impl Daemon {
@@ -148,6 +153,14 @@ impl Daemon {
                     .map_err(io_err("starting the cluster thread"))?
             }
         };
+        let (control_tx, control_rx) = crossbeam_channel::unbounded();
+        let control = control::Server::start_logged(control::ctx(
+            &opts.config,
+            opts.config_path.clone(),
+            control_tx,
+            waker.clone(),
+            sharing.clone(),
+        ));
         let mut d = Daemon {
             opts,
             poll,
@@ -165,6 +178,8 @@ impl Daemon {
             next_token: FIRST_DEVICE,
             stopping: None,
             _dbus: dbus,
+            control_rx,
+            _control: control,
         };
         d.adopt_existing();
         Ok(d)
@@ -480,6 +495,10 @@ impl Daemon {
                 }
             }
             self.complete_done();
+            control::answer(&self.control_rx, || control::LoopSnap {
+                devices: self.devices.values().map(Device::snapshot).collect(),
+                stopping: self.stopping.is_some(),
+            });
         }
     }
 }

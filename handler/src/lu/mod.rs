@@ -9,4 +9,4 @@ pub mod view;
 
 pub use resolver::Resolver;
 pub use sync::Sharing;
-pub use view::{Lu, Lus, OpenError, View};
+pub use view::{Lu, Lus, NexusInfo, OpenError, View};

@@ -226,6 +226,27 @@ impl Sharing {
         }))
     }
 
+    /// The cluster thread's picture of every LU's locks and of the
+    /// lockspace (`tcmu-prd status`): `None` in local mode or without a
+    /// cluster thread, `Err` if it does not answer within `bound` (it may
+    /// be inside a libdlm call that waits for lockspace recovery).
+    #[must_use]
+    pub fn snapshot(&self, bound: Duration) -> Option<Result<cache::ClusterSnapshot, String>> {
+        let Sharing::Cluster(c) = self else {
+            return None;
+        };
+        let t = c.thread.as_ref()?;
+        Some(match t.snapshot() {
+            Ok(rx) => rx.recv_timeout(bound).map_err(|_| {
+                format!(
+                    "the cluster thread did not answer within {} ms (busy in a DLM call?)",
+                    bound.as_millis()
+                )
+            }),
+            Err(e) => Err(e.to_string()),
+        })
+    }
+
     /// Stops the cluster thread, if any (daemon exit).
     pub fn shutdown(&self) {
         if let Sharing::Cluster(c) = self
@@ -234,6 +255,23 @@ impl Sharing {
             t.shutdown();
         }
     }
+}
+
+/// An LU's cluster side as this node sees it (`tcmu-prd status`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterLuInfo {
+    /// The LU's cluster-wide id (`serial:<serial>` or the store path).
+    pub id: String,
+    /// `serving`, `closed` or `refused`.
+    pub phase: &'static str,
+    /// Why commands are refused.
+    pub refusal: Option<String>,
+    /// Commands admitted and running.
+    pub tickets: usize,
+    /// DLM requests made for the LU.
+    pub dlm_requests: u64,
+    /// Sequence number of the state last decoded here.
+    pub seq: u64,
 }
 
 /// The state a command runs against; for cluster LUs also the right to run
@@ -616,6 +654,28 @@ impl StateSync {
                 id: c.id.clone(),
             })),
         }
+    }
+
+    /// Cluster mode: the LU's side of the protocol as this node sees it,
+    /// for `tcmu-prd status` (short locks, no DLM call).
+    #[must_use]
+    pub fn cluster_info(&self) -> Option<ClusterLuInfo> {
+        let StateSync::Cluster(c) = self else {
+            return None;
+        };
+        let seq = c
+            .decoded
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .0;
+        Some(ClusterLuInfo {
+            id: c.id.clone(),
+            phase: c.handle.phase(),
+            refusal: c.handle.refusal().map(|e| e.to_string()),
+            tickets: c.handle.inflight(),
+            dlm_requests: c.handle.dlm_requests(),
+            seq,
+        })
     }
 
     /// DLM requests made for this LU so far (cluster mode): constant while

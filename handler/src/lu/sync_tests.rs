@@ -205,6 +205,14 @@ fn two_nodes_agree_on_identity_and_see_each_others_updates_at_once() {
     }
     assert_eq!((a.dlm_requests(), b.dlm_requests()), before);
     assert!(before.0.unwrap() > 0 && before.1.unwrap() > 0);
+    // What `status` shows: serving the newest state, nothing running.
+    let info = a.cluster_info().unwrap();
+    assert_eq!((info.phase, info.tickets, info.seq), ("serving", 0, 6));
+    assert_eq!(info.dlm_requests, before.0.unwrap());
+    assert_eq!(info.refusal, None);
+    assert_eq!(info.id, b.cluster_info().unwrap().id);
+    // The fake harness has no cluster thread to ask.
+    assert!(nodes[0].snapshot(Duration::from_millis(10)).is_none());
 }
 
 #[test]
@@ -292,6 +300,8 @@ fn local_mode_keeps_the_in_memory_path_and_hands_uas_back() {
     let cfg = device(dir.path());
     let (l, st) = StateSync::open(&cfg, &Sharing::Local).unwrap();
     assert!(l.caw_hook().is_none() && l.dlm_requests().is_none());
+    assert!(l.cluster_info().is_none());
+    assert!(Sharing::Local.snapshot(Duration::from_millis(10)).is_none());
     let q = Mutex::new(UaQueues::default());
     l.sync_uas(&nexus(1), &q).unwrap();
     let (g, uas) = l

@@ -459,6 +459,15 @@ enum Who {
     Ambiguous(String),
 }
 
+/// A view's I_T nexus as `tcmu-prd status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NexusInfo {
+    /// The one I_T nexus the view serves.
+    One(pr::Nexus),
+    /// No single nexus (unresolved, not exported, several initiators): why.
+    Missing(String),
+}
+
 /// One TCMU device of an LU.
 #[derive(Debug)]
 pub struct View {
@@ -704,13 +713,20 @@ impl View {
         session_of(session_file, &text)
     }
 
-    /// A short description for `status`: the nexus, or why there is none.
+    /// For `status`: the nexus as last resolved, or why there is none.
+    /// Never touches configfs (a read lock and a clone).
     #[must_use]
-    pub fn describe_nexus(&self) -> String {
+    pub fn nexus_info(&self) -> NexusInfo {
         match &*self.who() {
-            Who::One { nexus, .. } => format!("{:?} rtpi {}", nexus.initiator, nexus.rtpi),
-            Who::Ambiguous(why) => format!("ambiguous: {why}"),
+            Who::One { nexus, .. } => NexusInfo::One(nexus.clone()),
+            Who::Ambiguous(why) => NexusInfo::Missing(why.clone()),
         }
+    }
+
+    /// `user_<hba>/<name>`, as logs name the view.
+    #[must_use]
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     fn check(&self, info: &SenseInfo) -> scsi::Response {
@@ -1017,8 +1033,14 @@ mod tests {
         // Not resolved yet: the anonymous nexus, which does not hold it.
         let r = view.execute(&write, &out, &mut []);
         assert_eq!(r.status, scsi::sense::status::RESERVATION_CONFLICT);
-        view.set_nexus_for_tests(holder, scsi::TargetPort::default());
+        assert_eq!(
+            view.nexus_info(),
+            NexusInfo::Missing("I_T nexus not resolved yet".into())
+        );
+        view.set_nexus_for_tests(holder.clone(), scsi::TargetPort::default());
         assert!(view.resolved());
+        assert_eq!(view.nexus_info(), NexusInfo::One(holder));
+        assert_eq!(view.name(), "test");
         let r = view.execute(&write, &out, &mut []);
         assert_eq!(r.status, scsi::sense::status::GOOD);
     }
