@@ -115,8 +115,9 @@ impl ExportArgs {
 /// Which daemon to talk to.
 #[derive(clap::Args, Debug, Clone)]
 struct SocketArgs {
-    /// The daemon's control socket (default: the config's [paths]
-    /// control_socket, else /run/tcmu-prd/control.sock).
+    /// The daemon's control socket (default: [paths] control_socket of the
+    /// config file, /etc/tcmu-prd/tcmu-prd.toml if it exists, else
+    /// /run/tcmu-prd/control.sock).
     #[arg(long, short)]
     socket: Option<PathBuf>,
     /// Read the socket path from this daemon config file.
@@ -129,8 +130,8 @@ impl SocketArgs {
         if let Some(s) = &self.socket {
             return Ok(s.clone());
         }
-        match &self.config {
-            Some(c) => Config::load(c)
+        match tcmu_prd::config::config_path(self.config.clone()) {
+            Some(c) => Config::load(&c)
                 .map(|c| c.paths.control_socket)
                 .map_err(|e| e.to_string()),
             None => Ok(PathBuf::from(control::DEFAULT_SOCKET)),
@@ -143,7 +144,8 @@ enum Command {
     /// Run the daemon: serve every TCMU device of subtype dlmfile that the
     /// config's [devices] filter selects, until SIGTERM.
     Run {
-        /// Daemon config file (TOML); reloaded on SIGHUP.
+        /// Daemon config file (TOML); reloaded on SIGHUP. Default:
+        /// /etc/tcmu-prd/tcmu-prd.toml if it exists, else built-in defaults.
         #[arg(long, short)]
         config: Option<PathBuf>,
         /// Serve only devices on these HBAs (user_<N>); overrides the config; repeatable.
@@ -321,6 +323,7 @@ fn main() -> ExitCode {
 }
 
 fn run(config_path: Option<PathBuf>, hbas: Vec<u32>, names: Vec<String>) -> ExitCode {
+    let config_path = tcmu_prd::config::config_path(config_path);
     let mut config = match &config_path {
         Some(p) => match Config::load(p) {
             Ok(c) => c,

@@ -30,6 +30,20 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use super::cfgstring::SUBTYPE;
+
+/// The config file `tcmu-prd run` (and `status`, for the socket path) reads
+/// when none is given and it exists.
+pub const DEFAULT_CONFIG: &str = "/etc/tcmu-prd/tcmu-prd.toml";
+
+/// The config file to use: the one given, else [`DEFAULT_CONFIG`] if it
+/// exists, else none (built-in defaults).
+#[must_use]
+pub fn config_path(given: Option<PathBuf>) -> Option<PathBuf> {
+    given.or_else(|| {
+        let d = PathBuf::from(DEFAULT_CONFIG);
+        d.exists().then_some(d)
+    })
+}
 use crate::configfs::Roots;
 use crate::uio::TcmuName;
 

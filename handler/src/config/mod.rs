@@ -5,4 +5,4 @@ pub mod cfgstring;
 pub mod file;
 
 pub use cfgstring::{CfgError, DeviceConfig, check};
-pub use file::{ClusterMode, Config, ConfigError, DeviceFilter, Glob};
+pub use file::{ClusterMode, Config, ConfigError, DEFAULT_CONFIG, DeviceFilter, Glob, config_path};
