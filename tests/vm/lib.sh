@@ -11,6 +11,8 @@ fail() { say "FAIL: $*"; exit 1; }
 check() { local d="$1"; shift; if "$@"; then say "ok: $d"; else fail "$d (command: $*)"; fi; }
 # check_eq DESCRIPTION EXPECTED ACTUAL
 check_eq() { if [ "$2" = "$3" ]; then say "ok: $1 ($3)"; else fail "$1: expected '$2', got '$3'"; fi; }
+# check_fails DESCRIPTION COMMAND...: the command must fail (its output is shown).
+check_fails() { local d="$1"; shift; if "$@"; then fail "$d: succeeded (command: $*)"; else say "ok: $d"; fi; }
 # wait_for SECONDS DESCRIPTION COMMAND...: polls until the command succeeds.
 wait_for() {
   local t="$1" d="$2"; shift 2

@@ -1,4 +1,4 @@
-# Scenario: targetcli drives tcmu-prd over the system D-Bus: lists user:dlmfile, creates/deletes a backstore we serve, refuses bad cfgstrings with our message; a second daemon refuses to start
+# Scenario: operator integration: targetcli drives tcmu-prd over the system D-Bus (lists user:dlmfile, creates/deletes a backstore we serve, refuses bad cfgstrings with our message; a second daemon refuses to start); scripts/install stages a unit that systemd-analyze verify accepts, with man pages
 . "$VM_LIB"
 need_target
 need_scratch
@@ -87,3 +87,22 @@ check "image is still there" test -f "$img"
 
 daemon_stop d1 TERM
 check_eq "daemon exit status after SIGTERM" 0 "$DAEMON_RC"
+
+# Installation: scripts/install into a staging root, with the unit's
+# ExecStart pointing at the binary under test; systemd-analyze verify checks
+# the unit and its cluster drop-in (their dependencies, ExecStart, and the
+# man pages named in Documentation=, generated from the CLI definitions).
+stage=$ART/stage
+DESTDIR=$stage SBINDIR="$(dirname "$TCMU_PRD")" CARGO_TARGET_DIR="$(dirname "$(dirname "$TCMU_PRD")")" \
+  "$ROOT/scripts/install" --no-build --cluster | tee "$ART/install.txt"
+units=$stage/etc/systemd/system
+check "unit installed" test -f "$units/tcmu-prd.service"
+check "cluster drop-in installed" test -f "$units/tcmu-prd.service.d/cluster.conf"
+verify() { SYSTEMD_UNIT_PATH="$1:" MANPATH=$stage/usr/local/share/man systemd-analyze verify tcmu-prd.service; }
+check "systemd-analyze verify accepts the unit and its drop-in" verify "$units"
+check_eq "the unit waits for the DLM in cluster mode" "Requires=corosync.service dlm.service" "$(grep '^Requires=' "$units/tcmu-prd.service.d/cluster.conf")"
+check "man page: status documents --json" bash -c "MANWIDTH=100 man -l $stage/usr/local/share/man/man8/tcmu-prd-status.8 | grep -q -- '--json'"
+# ...and verify can fail: an ExecStart that does not exist.
+mkdir -p "$ART/bad-units"
+sed 's|^ExecStart=.*|ExecStart=/nonexistent/tcmu-prd run|' "$units/tcmu-prd.service" > "$ART/bad-units/tcmu-prd.service"
+check_fails "systemd-analyze verify refuses a unit whose ExecStart is missing" verify "$ART/bad-units"
