@@ -102,6 +102,17 @@ fn u64_at(b: &[u8], off: usize) -> u64 {
     u64::from_le_bytes(a)
 }
 
+/// Decodes one slot as [`Store::read`] does; for the fuzz target (whether
+/// the bytes hold a valid slot, and its sequence number).
+#[doc(hidden)]
+#[must_use]
+pub fn fuzz_decode_slot(b: &[u8]) -> Option<u64> {
+    match decode(b) {
+        Slot::Valid { seq, .. } => Some(seq),
+        _ => None,
+    }
+}
+
 /// Decodes one slot. Never panics, whatever the bytes.
 fn decode(b: &[u8]) -> Slot {
     if b.len() < HEADER_LEN {
