@@ -34,6 +34,18 @@ sg_persist -n --out --reserve --param-rk=0xa --prout-type=5 "$A"
 sg_persist -n --in --read-reservation "$B" | tee "$ART/res.txt"
 check "B sees A's WERO reservation" bash -c "grep -q 'Key=0xa' $ART/res.txt && grep -qi 'Write Exclusive, registrants only' $ART/res.txt"
 
+# tcmu-prd status (the daemon's default control socket): the LU, its two
+# views with their I_T nexuses, and the PR state the initiators just made.
+"$TCMU_PRD" status | tee "$ART/status.txt"
+"$TCMU_PRD" status --json > "$ART/status.json"
+stj() { python3 -c 'import json,sys; s=json.load(open(sys.argv[1])); print(eval(sys.argv[2]))' "$ART/status.json" "$1"; }
+check_eq "status: local mode, one LU on the image" "local 1 $img" "$(stj 's["cluster"]["mode"] + " " + str(len(s["lus"])) + " " + s["lus"][0]["image"]')"
+check_eq "status: each view's initiator" "$IA $IB" "$(stj '" ".join(sorted(v["nexus"]["initiator"]["name"] for v in s["lus"][0]["views"]))')"
+check_eq "status: each view's target port" "loopback/$W/tpgt_1 loopback/$W/tpgt_2" "$(stj '" ".join(sorted(v["nexus"]["target_port"] for v in s["lus"][0]["views"]))')"
+check_eq "status: registrations (key initiator holder)" "0xa $IA True 0xb $IB False" "$(stj '" ".join(r["key"] + " " + r["nexus"]["initiator"]["name"] + " " + str(r["holder"]) for r in s["lus"][0]["pr"]["registrations"])')"
+check_eq "status: reservation" "5 0xa $IA 2" "$(stj '" ".join([str(s["lus"][0]["pr"]["reservation"]["type_code"]), s["lus"][0]["pr"]["reservation"]["key"], s["lus"][0]["pr"]["reservation"]["holder"]["initiator"]["name"], str(s["lus"][0]["pr"]["generation"])])')"
+check "status table: the reservation line" grep -q "reservation: Write Exclusive, registrants only (type 5), key 0xa" "$ART/status.txt"
+
 # Registrants may write under WERO.
 dd if=/dev/urandom of="$B" bs=4k count=1 oflag=direct status=none
 say "ok: registered B writes under WERO"

@@ -10,7 +10,7 @@ truncate -s 64M "$img"
 for n in 1 2; do
   # Two daemons on one node is a test set-up: only one may own the D-Bus
   # name (a system bus may be running from an earlier scenario), so neither does.
-  printf '[daemon]\ndbus = false\n[devices]\nhbas = [%s]\n[cluster]\nmode = "dlm"\nupdate_timeout_ms = 8000\n' "$n" > "$ART/d$n.toml"
+  printf '[daemon]\ndbus = false\n[devices]\nhbas = [%s]\n[cluster]\nmode = "dlm"\nupdate_timeout_ms = 8000\n[paths]\ncontrol_socket = "%s"\n' "$n" "/run/tcmu-prd/d$n.sock" > "$ART/d$n.toml"
 done
 daemon_start d1 --config "$ART/d1.toml"
 daemon_start d2 --config "$ART/d2.toml"
@@ -69,11 +69,34 @@ check_eq "keys through d1 after the preemption" "0x2 " "$(keys "$sda")"
 check_eq "keys through d2 after the preemption" "0x2 " "$(keys "$sdb")"
 check "reservation now held by key 0x2 (seen through d1)" bash -c "sg_persist --in --read-reservation $sda | grep -q 'Key=0x2'"
 
-# Steady state: no DLM traffic per command (reads through d1, then compare counters
-# via the update log lines: a read adds no 'state updated').
-before=$(grep -c "state updated" "$ART/d1.log" || true)
+# tcmu-prd status, from each running daemon over its control socket.
+st() { "$TCMU_PRD" status --json --socket "/run/tcmu-prd/$1.sock" > "$ART/status-$1.json" && python3 -c 'import json,sys; s=json.load(open(sys.argv[1])); print(eval(sys.argv[2]))' "$ART/status-$1.json" "$2"; }
+"$TCMU_PRD" status --socket /run/tcmu-prd/d1.sock | tee "$ART/status-d1.txt"
+check "status (table) names the lockspace and this node's membership" grep -q "cluster: dlm, lockspace tcmu-prd: joined, members \[1\]" "$ART/status-d1.txt"
+check_eq "d1 status: cluster" "dlm tcmu-prd joined [1]" "$(st d1 '" ".join([s["cluster"]["mode"], s["cluster"]["lockspace"], s["cluster"]["state"], str(s["cluster"]["members"])])')"
+check_eq "d1 status: one LU with one view, its nexus" "$img 1 naa.5001405000000012" "$(st d1 '" ".join([s["lus"][0]["image"], str(len(s["lus"][0]["views"])), s["lus"][0]["views"][0]["nexus"]["initiator"]["name"]])')"
+check_eq "d2 status: same LU serial as d1" "$(st d1 's["lus"][0]["serial"]')" "$(st d2 's["lus"][0]["serial"]')"
+check_eq "d1 status: registrations and reservation" "['0x2'] 0x2 5" "$(st d1 'str([r["key"] for r in s["lus"][0]["pr"]["registrations"]]) + " " + s["lus"][0]["pr"]["reservation"]["key"] + " " + str(s["lus"][0]["pr"]["reservation"]["type_code"])')"
+check_eq "d2 status: same PR generation as d1" "$(st d1 's["lus"][0]["pr"]["generation"]')" "$(st d2 's["lus"][0]["pr"]["generation"]')"
+check_eq "d1 holds the LU state lock in PR mode" "PR serving" "$(st d1 's["lus"][0]["cluster"]["lock"] + " " + s["lus"][0]["cluster"]["phase"]')"
+
+# Steady state: no DLM request per command. The daemon counts them per LU
+# (status: dlm_requests); 1024 reads through d1 leave the count unchanged.
+before=$(st d1 's["lus"][0]["cluster"]["dlm_requests"]')
 dd if="$sda" of=/dev/null bs=64k count=256 iflag=direct status=none
-check_eq "reads cause no state updates" "$before" "$(grep -c "state updated" "$ART/d1.log" || true)"
+dd if="$sda" of=/dev/null bs=4k count=768 iflag=direct status=none
+check_eq "reads make no DLM requests (status dlm_requests)" "$before" "$(st d1 's["lus"][0]["cluster"]["dlm_requests"]')"
+
+# Log level at run time: trace on d1 shows per-command lines, back to info stops them.
+"$TCMU_PRD" log-level --socket /run/tcmu-prd/d1.sock "info,tcmu_prd=trace"
+check_eq "status shows the new filter" "tcmu_prd=trace,info" "$(st d1 's["daemon"]["log_filter"]')"
+dd if="$sda" of=/dev/null bs=4k count=4 iflag=direct status=none
+check "trace lines appear after log-level trace" grep -q "completing.*device=user_1/v1" "$ART/d1.log"
+"$TCMU_PRD" log-level --socket /run/tcmu-prd/d1.sock info
+n=$(grep -c "completing" "$ART/d1.log")
+dd if="$sda" of=/dev/null bs=4k count=4 iflag=direct status=none
+check_eq "no trace lines after log-level info" "$n" "$(grep -c "completing" "$ART/d1.log")"
+check_fails "log-level refuses a bad filter" "$TCMU_PRD" log-level --socket /run/tcmu-prd/d1.sock "=bad=="
 
 # kill -9 d2 (the reservation holder's node): d1 carries on once the DLM has
 # dropped d2's locks, and can change the state.

@@ -9,7 +9,7 @@ img=$SCRATCH/fence.img
 rm -f "$img" "$img.tcmu-prd-state"
 truncate -s 64M "$img"
 for n in 1 2; do
-  printf '[daemon]\ndbus = false\n[devices]\nhbas = [%s]\n[cluster]\nmode = "dlm"\nupdate_timeout_ms = 8000\n' "$((n + 2))" > "$ART/d$n.toml"
+  printf '[daemon]\ndbus = false\n[devices]\nhbas = [%s]\n[cluster]\nmode = "dlm"\nupdate_timeout_ms = 8000\n[paths]\ncontrol_socket = "%s"\n' "$((n + 2))" "/run/tcmu-prd/fence-d$n.sock" > "$ART/d$n.toml"
 done
 daemon_start d1 --config "$ART/d1.toml"
 daemon_start d2 --config "$ART/d2.toml"
