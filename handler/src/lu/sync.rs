@@ -779,7 +779,7 @@ impl ClusterSync {
                 Err(e) => {
                     let err =
                         ClusterError::Inconsistent(format!("stored state does not decode: {e}"));
-                    return (Box::new(Err::<R, _>(err)) as Reply, None);
+                    return (Box::new(Err::<(R, LuState), _>(err)) as Reply, None);
                 }
             };
             let (r, new, uas) = f(&current);
@@ -794,16 +794,32 @@ impl ClusterSync {
                 n.uas.trim(UA_LOG_KEEP);
                 Some(n)
             };
+            let encoded = new.as_ref().map(LuState::encode);
+            // The state at the sequence number the update ends with: the new
+            // one, or the newest read under EX when nothing changed.
+            let after = new.unwrap_or(current);
             (
-                Box::new(Ok::<R, ClusterError>(r)) as Reply,
-                new.map(|n| n.encode()),
+                Box::new(Ok::<(R, LuState), ClusterError>((r, after))) as Reply,
+                encoded,
             )
         });
         let rx = self.ctx.backend.update(&self.id, apply)?;
         let done = rx
             .recv_timeout(self.ctx.bound)
             .map_err(|_| ClusterError::Busy)??;
-        take::<Result<R, ClusterError>>(done.result)?
+        let (r, after) = take::<Result<(R, LuState), ClusterError>>(done.result)??;
+        // Keep what this node just wrote (or read under EX) as its decoded
+        // state: otherwise `current()` would show the state of the last
+        // command admitted here, and a caller deciding from it whether to
+        // update (an RTPI for a target port) would update again and again.
+        let mut d = self
+            .decoded
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if done.seq >= d.0 {
+            *d = (done.seq, Arc::new(after));
+        }
+        Ok(r)
     }
 }
 

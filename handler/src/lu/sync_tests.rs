@@ -320,3 +320,37 @@ fn local_mode_keeps_the_in_memory_path_and_hands_uas_back() {
     let (_, again) = StateSync::open(&cfg, &Sharing::Local).unwrap();
     assert_eq!((again.pr.generation, again.identity), (1, st.identity));
 }
+
+#[test]
+fn current_shows_the_state_an_update_wrote_and_no_change_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = device(dir.path());
+    let nodes = cluster(2);
+    let (a, _) = StateSync::open(&cfg, &nodes[0]).unwrap();
+    let (b, _) = StateSync::open(&cfg, &nodes[1]).unwrap();
+    // A port gets an RTPI through node A; without any command admitted
+    // since, A's current state must already hold it (callers decide from
+    // it whether to update again).
+    let assign = |name: &'static str| {
+        move |s: &LuState| {
+            if let Some(r) = s.rtpi(name) {
+                return (r, None, Vec::new());
+            }
+            let mut n = s.clone();
+            let r = n.assign_rtpi(name).unwrap();
+            (r, Some(n), Vec::new())
+        }
+    };
+    let seq0 = a.cluster_info().unwrap().seq;
+    let (r, _) = a.update(assign("iscsi/t1/tpgt_1")).unwrap();
+    assert_eq!(a.current().rtpi("iscsi/t1/tpgt_1"), Some(r));
+    let seq1 = a.cluster_info().unwrap().seq;
+    assert_eq!(seq1, seq0 + 1);
+    // Node B assigns its own port: A's next update sees it (read under EX).
+    let (r2, _) = b.update(assign("iscsi/t2/tpgt_1")).unwrap();
+    assert_ne!(r, r2);
+    assert_eq!(a.update(assign("iscsi/t2/tpgt_1")).unwrap().0, r2);
+    let info = a.cluster_info().unwrap();
+    assert_eq!(info.seq, seq1 + 1, "an update that changes nothing writes nothing");
+    assert_eq!(a.current().rtpi("iscsi/t2/tpgt_1"), Some(r2));
+}

@@ -390,6 +390,11 @@ impl Lu {
         }
         let owned = name.to_owned();
         let (r, _) = self.sync.update(move |s| {
+            // Another view or node may have assigned it meanwhile: then
+            // nothing changes and nothing is written.
+            if let Some(r) = s.rtpi(&owned) {
+                return (Some(r), None, Vec::new());
+            }
             let mut n = s.clone();
             match n.assign_rtpi(&owned) {
                 Ok(r) => (Some(r), Some(n), Vec::new()),
