@@ -697,6 +697,25 @@ impl Lock {
     }
 }
 
+impl Lock {
+    /// Gives the lock up without unlocking it: for a lockspace that is being
+    /// abandoned (the cluster went away under it). The lock's reference to
+    /// the lockspace is dropped, so once every lock and handle is gone the
+    /// lockspace device is closed and the kernel releases all of this
+    /// process's locks in it at once (device close clears the process's
+    /// locks). The lock's request memory is leaked, never freed: libdlm may
+    /// still complete into it until the device is closed.
+    pub fn abandon(self) {
+        let me = std::mem::ManuallyDrop::new(self);
+        // SAFETY: `me` is never used again and never dropped (ManuallyDrop),
+        // so `ls` and `name` are each moved out exactly once; `state` is
+        // deliberately leaked (see above); `granted`/`requested` are Copy.
+        let (ls, name) = unsafe { (std::ptr::read(&me.ls), std::ptr::read(&me.name)) };
+        drop(ls);
+        drop(name);
+    }
+}
+
 impl Drop for Lock {
     fn drop(&mut self) {
         if self.granted.is_some() || self.is_pending() {

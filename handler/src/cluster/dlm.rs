@@ -115,11 +115,14 @@ impl Dlm {
 
     fn lose(&mut self, reason: String) {
         error!(lockspace = %self.name, %reason, "DLM lockspace lost");
-        // The kernel dropped (or will drop) these locks with the lockspace;
-        // unlocking each would wait on a dead lockspace. dlm-sys leaks the
-        // memory of a lock with a request outstanding, so nothing dangles.
+        // Unlocking each lock would wait on a lockspace that may not answer.
+        // Abandon them instead: with the last reference to the lockspace
+        // handle gone, its device is closed and the kernel releases every
+        // lock this process holds in it, so no lock of ours outlives the
+        // loss (a rejoin gets a new handle; a lock left on the old one would
+        // block our own later EX requests, and other nodes', for ever).
         for (_, slot) in self.locks.drain() {
-            std::mem::forget(slot.lock);
+            slot.lock.abandon();
         }
         self.ls = None;
         self.events.push(Event::Lost { reason });
