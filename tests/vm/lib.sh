@@ -193,12 +193,12 @@ iscsi_target() {
   targetcli "/iscsi/$1/tpg1/portals" create 127.0.0.1 3260 >/dev/null
 }
 
-# libiscsi_suite OUT TESTS URL [iscsi-test-cu args...]: runs iscsi-test-cu,
+# libiscsi_suite OUT TESTS URL [URL2] [iscsi-test-cu args...]: runs iscsi-test-cu,
 # keeps its output in OUT, and writes OUT.counts with "passed failed skipped"
 # counted from the per-test lines (CUnit counts [SKIPPED] as passed).
 libiscsi_suite() {
   local out="$1" tests="$2" url="$3"; shift 3
-  iscsi-test-cu -d "$@" -t "$tests" "$url" > "$out" 2>&1 || true
+  iscsi-test-cu -d -t "$tests" "$url" "$@" > "$out" 2>&1 || true
   python3 "$ROOT/tests/vm/libiscsi_count.py" --tests "$out.tests" "$out" > "$out.counts"
   local passed failed skipped
   read -r passed failed skipped < "$out.counts"
