@@ -14,6 +14,7 @@ pub mod cache;
 pub mod dlm;
 #[cfg(any(test, feature = "sim"))]
 pub mod fake;
+pub mod health;
 pub mod local;
 pub mod lockmgr;
 pub mod lvb;

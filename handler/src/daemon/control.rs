@@ -382,10 +382,20 @@ fn cluster_status(
             members: None,
         },
         ClusterMode::Dlm => {
-            let (state, reason) = match snap.map(|s| &s.available) {
-                Some(Ok(())) => ("joined", None),
-                Some(Err(why)) => ("lost", Some(why.clone())),
-                None => ("unknown", None),
+            let (state, reason) = match (
+                snap.map(|s| &s.available),
+                ctx.sharing.lockspace_stopped_for(),
+            ) {
+                (Some(Err(why)), _) => ("lost", Some(why.clone())),
+                (_, Some(d)) => (
+                    "stopped",
+                    Some(format!(
+                        "the kernel has stopped the lockspace for {}s (dlm_controld gone, or quorum or fencing awaited)",
+                        d.as_secs()
+                    )),
+                ),
+                (Some(Ok(())), None) => ("joined", None),
+                (None, None) => ("unknown", None),
             };
             ClusterStatus {
                 mode: "dlm".into(),

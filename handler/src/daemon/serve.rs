@@ -149,7 +149,7 @@ impl Daemon {
             ClusterMode::Dlm => {
                 let timeout = Duration::from_millis(cl.update_timeout_ms.get());
                 info!(lockspace = %cl.lockspace.0, ?timeout, "PR state shared through the DLM");
-                Sharing::dlm(&cl.lockspace.0, timeout)
+                Sharing::dlm(&cl.lockspace.0, timeout, &opts.config.paths.sysfs)
                     .map_err(io_err("starting the cluster thread"))?
             }
         };

@@ -33,6 +33,7 @@ use crate::cluster::cache::{
     self, Admission, Apply, ClusterError, ScsiFailure, StateStore, Ticket, Updated,
 };
 use crate::cluster::dlm::{ClusterThread, Dlm};
+use crate::cluster::health::Health;
 use crate::cluster::lockmgr::LockManager;
 use crate::cluster::store::{Snapshot, Store, StoreError};
 use crate::cluster::ua::Delivered;
@@ -144,6 +145,9 @@ pub struct ClusterCtx {
     /// LU must not add a second lock on the same resource.
     handles: Mutex<HashMap<String, cache::LuHandle>>,
     thread: Option<ClusterThread<Reply>>,
+    /// Whether the kernel runs the lockspace (`cluster::health`); `None`
+    /// where nothing watches it (test harnesses).
+    health: Option<Arc<Health>>,
 }
 
 /// How this daemon's LUs keep their state.
@@ -164,17 +168,24 @@ impl Sharing {
     /// `JOIN_WAIT`), so that a daemon that reports ready to systemd has
     /// either joined or logged why not: portals ordered after it do not open
     /// onto LUs still waiting for their lockspace.
-    pub fn dlm(lockspace: &str, update_timeout: Duration) -> std::io::Result<Sharing> {
+    pub fn dlm(
+        lockspace: &str,
+        update_timeout: Duration,
+        sysfs: &Path,
+    ) -> std::io::Result<Sharing> {
         const JOIN_WAIT: Duration = Duration::from_secs(30);
         let name = lockspace.to_owned();
         let (tx, rx) = std::sync::mpsc::channel();
-        let sharing = Self::spawn(
+        let health = Arc::new(Health::new(lockspace, update_timeout));
+        crate::cluster::health::watch(&health, sysfs.to_owned())?;
+        let sharing = Self::spawn_with(
             move || {
                 let dlm = Dlm::join(&name);
                 let _ = tx.send(());
                 dlm
             },
             update_timeout,
+            Some(health),
         )?;
         if rx.recv_timeout(JOIN_WAIT).is_err() {
             tracing::warn!(
@@ -192,6 +203,18 @@ impl Sharing {
         L: LockManager,
         F: FnOnce() -> L + Send + 'static,
     {
+        Self::spawn_with(make, update_timeout, None)
+    }
+
+    fn spawn_with<L, F>(
+        make: F,
+        update_timeout: Duration,
+        health: Option<Arc<Health>>,
+    ) -> std::io::Result<Sharing>
+    where
+        L: LockManager,
+        F: FnOnce() -> L + Send + 'static,
+    {
         let ready = Arc::new(Ready::default());
         let r = ready.clone();
         let cfg = cache::Config {
@@ -205,6 +228,7 @@ impl Sharing {
             ready,
             update_timeout,
             Some(thread),
+            health,
         ))
     }
 
@@ -216,6 +240,7 @@ impl Sharing {
         ready: Arc<Ready>,
         update_timeout: Duration,
         thread: Option<ClusterThread<Reply>>,
+        health: Option<Arc<Health>>,
     ) -> Sharing {
         Sharing::Cluster(Arc::new(ClusterCtx {
             backend,
@@ -223,7 +248,18 @@ impl Sharing {
             bound: update_timeout + Duration::from_secs(2),
             handles: Mutex::new(HashMap::new()),
             thread,
+            health,
         }))
+    }
+
+    /// How long the kernel has kept the lockspace stopped (`None`: running,
+    /// unwatched, or local mode), for `status`.
+    #[must_use]
+    pub fn lockspace_stopped_for(&self) -> Option<Duration> {
+        let Sharing::Cluster(c) = self else {
+            return None;
+        };
+        c.health.as_ref()?.stopped_for()
     }
 
     /// The cluster thread's picture of every LU's locks and of the
@@ -286,6 +322,13 @@ impl Admitted {
     /// The state.
     #[must_use]
     pub fn state(&self) -> &LuState {
+        &self.state
+    }
+
+    /// The state, shared: its identity (`Arc::ptr_eq`) changes with every
+    /// state change, so per-state answers can be remembered against it.
+    #[must_use]
+    pub fn state_arc(&self) -> &Arc<LuState> {
         &self.state
     }
 }
@@ -715,6 +758,9 @@ fn ua_of(asc: u8, ascq: u8) -> Option<Ua> {
 
 impl ClusterSync {
     fn admit(&self) -> Result<Admitted, ClusterError> {
+        if let Some(h) = &self.ctx.health {
+            h.check().inspect_err(|e| self.refused(e))?;
+        }
         let deadline = Instant::now() + self.ctx.bound;
         loop {
             let seen = self.ctx.ready.generation();
@@ -773,6 +819,11 @@ impl ClusterSync {
         R: Send + 'static,
         F: FnOnce(&LuState) -> (R, Option<LuState>, Vec<UnitAttention>) + Send + 'static,
     {
+        // A stopped lockspace grants nothing and blocks even a cancel: do
+        // not ask (cluster::health).
+        if let Some(h) = &self.ctx.health {
+            h.check()?;
+        }
         let apply: Apply<Reply> = Box::new(move |old: &[u8]| {
             let current = match LuState::decode(old) {
                 Ok(s) => s,

@@ -77,6 +77,11 @@ type Replies = (
 
 /// `nodes` simulated nodes sharing one fake lockspace.
 fn cluster(nodes: usize) -> Vec<Sharing> {
+    cluster_with_health((0..nodes).map(|_| None).collect())
+}
+
+fn cluster_with_health(healths: Vec<Option<Arc<Health>>>) -> Vec<Sharing> {
+    let nodes = healths.len();
     let (tx, rx) = unbounded::<(usize, Req)>();
     let readies: Vec<Arc<Ready>> = (0..nodes).map(|_| Arc::new(Ready::default())).collect();
     let rs = readies.clone();
@@ -144,13 +149,15 @@ fn cluster(nodes: usize) -> Vec<Sharing> {
     });
     readies
         .into_iter()
+        .zip(healths)
         .enumerate()
-        .map(|(n, ready)| {
+        .map(|(n, (ready, health))| {
             Sharing::with_backend(
                 Box::new(Node { n, tx: tx.clone() }),
                 ready,
                 Duration::from_secs(3),
                 None,
+                health,
             )
         })
         .collect()
@@ -351,6 +358,45 @@ fn current_shows_the_state_an_update_wrote_and_no_change_writes_nothing() {
     assert_ne!(r, r2);
     assert_eq!(a.update(assign("iscsi/t2/tpgt_1")).unwrap().0, r2);
     let info = a.cluster_info().unwrap();
-    assert_eq!(info.seq, seq1 + 1, "an update that changes nothing writes nothing");
+    assert_eq!(
+        info.seq,
+        seq1 + 1,
+        "an update that changes nothing writes nothing"
+    );
     assert_eq!(a.current().rtpi("iscsi/t2/tpgt_1"), Some(r2));
+}
+
+#[test]
+fn a_stopped_lockspace_refuses_commands_and_updates_without_dlm_calls_then_serves_again() {
+    use crate::cluster::health::Probe;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = device(dir.path());
+    let health = Arc::new(Health::new("ls", Duration::from_millis(300)));
+    let nodes = cluster_with_health(vec![Some(health.clone()), None]);
+    let (a, _) = StateSync::open(&cfg, &nodes[0]).unwrap();
+    let (b, _) = StateSync::open(&cfg, &nodes[1]).unwrap();
+    drop(a.admit().unwrap());
+    let before = a.dlm_requests();
+    health.apply(&Probe::Stopped(0), Instant::now());
+    // Short stop: BUSY; past the grace: NOT READY 04h/03h. No DLM request.
+    assert_eq!(a.admit().unwrap_err(), ClusterError::Busy);
+    assert!(matches!(
+        a.update(bump_generation).unwrap_err(),
+        SyncError::Cluster(ClusterError::Busy)
+    ));
+    thread::sleep(Duration::from_millis(350));
+    let e = a.admit().unwrap_err();
+    assert!(
+        matches!(&e, ClusterError::Unavailable(w) if w.contains("stopped")),
+        "{e}"
+    );
+    assert_eq!(a.dlm_requests(), before, "no DLM call while stopped");
+    assert!(nodes[0].lockspace_stopped_for().is_some());
+    // The other node (its lockspace runs) is not affected.
+    assert_eq!(b.update(bump_generation).unwrap().0, 1);
+    // Running again: A serves, and serves the newest state.
+    health.apply(&Probe::Running, Instant::now());
+    assert_eq!(a.admit().unwrap().state().pr.generation, 1);
+    assert_eq!(a.update(bump_generation).unwrap().0, 2);
+    assert_eq!(nodes[0].lockspace_stopped_for(), None);
 }

@@ -1,0 +1,252 @@
+//! Whether the kernel's lockspace is running, watched from sysfs.
+//!
+//! When dlm_controld dies, the kernel stops every lockspace ("dlm: <ls>: no
+//! userland control daemon, stopping lockspace"); dlm_controld also stops a
+//! lockspace while cluster membership changes and keeps it stopped until
+//! recovery can run (quorum regained, failed nodes fenced). A stopped
+//! lockspace grants nothing and blocks even cancels, but the locks this node
+//! holds stay granted, so a node serving from its cached state would keep
+//! serving while nobody can tell whether the rest of the cluster has moved
+//! on. `/sys/kernel/dlm/<lockspace>/recover_status` shows it: the kernel
+//! clears it when it stops the lockspace and sets `DLM_RS_DONE_ALL` (0x80)
+//! when recovery has finished (seen on 6.1: `ff` running, `0` after
+//! dlm_controld was killed).
+//!
+//! A watchdog thread reads that file every [`EVERY`] and keeps a [`Health`]
+//! every command checks with one atomic load. A stop shorter than the grace
+//! (the update timeout) answers BUSY, like a slow peer: an ordinary
+//! membership change should not fail paths. A longer one answers NOT READY
+//! 04h/03h, like a lost lockspace: this node is out of the cluster and
+//! multipath should use another. Once the lockspace runs again, the locks
+//! this node kept are still valid (no other node can have changed the state
+//! while we held PR), so serving resumes without a restart.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use tracing::{error, info, warn};
+
+use super::cache::ClusterError;
+
+/// How often the watchdog reads `recover_status`.
+pub const EVERY: Duration = Duration::from_millis(500);
+/// `DLM_RS_DONE_ALL`: every node finished recovery; the lockspace runs.
+pub const DONE_ALL: u32 = 0x80;
+
+/// What `recover_status` says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Probe {
+    /// Recovery done: the lockspace runs.
+    Running,
+    /// Stopped or recovering, with the raw status.
+    Stopped(u32),
+    /// No such lockspace in the kernel (not joined yet, or left): the
+    /// cluster thread's own join/loss handling covers it.
+    Absent,
+    /// The file exists but does not read as a hex number.
+    Unreadable(String),
+}
+
+/// Parses the file's text (`ff\n`, hex without prefix).
+pub fn parse(text: &str) -> Result<u32, String> {
+    let t = text.trim();
+    u32::from_str_radix(t, 16).map_err(|_| format!("recover_status {t:?} is not a hex number"))
+}
+
+/// Reads `<sysfs>/kernel/dlm/<lockspace>/recover_status`.
+#[must_use]
+pub fn probe(sysfs: &Path, lockspace: &str) -> Probe {
+    let f = sysfs
+        .join("kernel/dlm")
+        .join(lockspace)
+        .join("recover_status");
+    match std::fs::read_to_string(&f) {
+        Ok(t) => match parse(&t) {
+            Ok(s) if s & DONE_ALL != 0 => Probe::Running,
+            Ok(s) => Probe::Stopped(s),
+            Err(e) => Probe::Unreadable(format!("{}: {e}", f.display())),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Probe::Absent,
+        Err(e) => Probe::Unreadable(format!("{}: {e}", f.display())),
+    }
+}
+
+/// The lockspace's health as commands see it.
+#[derive(Debug)]
+pub struct Health {
+    stopped: AtomicBool,
+    since: Mutex<Option<Instant>>,
+    grace: Duration,
+    lockspace: String,
+}
+
+impl Health {
+    /// Healthy, with `grace` before a stop counts as leaving the cluster.
+    #[must_use]
+    pub fn new(lockspace: &str, grace: Duration) -> Self {
+        Health {
+            stopped: AtomicBool::new(false),
+            since: Mutex::new(None),
+            grace,
+            lockspace: lockspace.to_owned(),
+        }
+    }
+
+    /// For a command: `Ok` while the lockspace runs; BUSY during a short
+    /// stop, NOT READY (`Unavailable`) once it has lasted the grace.
+    pub fn check(&self) -> Result<(), ClusterError> {
+        if !self.stopped.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        self.check_at(Instant::now())
+    }
+
+    fn check_at(&self, now: Instant) -> Result<(), ClusterError> {
+        let since = *self
+            .since
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match since {
+            None => Ok(()),
+            Some(t) if now.duration_since(t) < self.grace => Err(ClusterError::Busy),
+            Some(t) => Err(ClusterError::Unavailable(format!(
+                "lockspace {} stopped by the kernel for {}s (dlm_controld gone, or quorum or \
+                 fencing awaited)",
+                self.lockspace,
+                now.duration_since(t).as_secs()
+            ))),
+        }
+    }
+
+    /// `None` while running, else how long it has been stopped.
+    #[must_use]
+    pub fn stopped_for(&self) -> Option<Duration> {
+        self.since
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .map(|t| t.elapsed())
+    }
+
+    /// Applies a probe; returns the transition, if any, for the log.
+    pub fn apply(&self, p: &Probe, now: Instant) -> Option<bool> {
+        let mut since = self
+            .since
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let stopped = matches!(p, Probe::Stopped(_));
+        let was = since.is_some();
+        if stopped && !was {
+            *since = Some(now);
+        } else if !stopped && was {
+            *since = None;
+        }
+        self.stopped.store(stopped, Ordering::Release);
+        (stopped != was).then_some(stopped)
+    }
+}
+
+/// Starts the watchdog: reads `recover_status` every [`EVERY`] until the
+/// health is dropped.
+pub fn watch(health: &Arc<Health>, sysfs: PathBuf) -> std::io::Result<()> {
+    let weak: Weak<Health> = Arc::downgrade(health);
+    std::thread::Builder::new()
+        .name("tcmu-prd-dlmwatch".into())
+        .spawn(move || {
+            let mut unreadable_logged = false;
+            loop {
+                std::thread::sleep(EVERY);
+                let Some(h) = weak.upgrade() else { return };
+                let p = probe(&sysfs, &h.lockspace);
+                if let Probe::Unreadable(why) = &p {
+                    if !unreadable_logged {
+                        warn!(lockspace = %h.lockspace, "cannot watch the lockspace's recovery state: {why}");
+                        unreadable_logged = true;
+                    }
+                    continue;
+                }
+                match (h.apply(&p, Instant::now()), &p) {
+                    (Some(true), Probe::Stopped(s)) => error!(
+                        lockspace = %h.lockspace,
+                        recover_status = format!("{s:#x}"),
+                        grace_ms = u64::try_from(h.grace.as_millis()).unwrap_or(u64::MAX),
+                        "DLM lockspace stopped by the kernel (dlm_controld gone, or membership \
+                         changing): commands get BUSY, then NOT READY after the grace"
+                    ),
+                    (Some(false), _) => info!(
+                        lockspace = %h.lockspace,
+                        "DLM lockspace running again: serving"
+                    ),
+                    _ => {}
+                }
+            }
+        })
+        .map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recover_status_parses_and_garbage_is_an_error() {
+        assert_eq!(parse("ff\n"), Ok(0xff));
+        assert_eq!(parse("0"), Ok(0));
+        for bad in ["", "zz", "0x80", "-1", "ffffffffff"] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn probe_reads_sysfs() {
+        let dir = tempfile::tempdir().unwrap();
+        let ls = dir.path().join("kernel/dlm/tcmu-prd");
+        assert_eq!(probe(dir.path(), "tcmu-prd"), Probe::Absent);
+        std::fs::create_dir_all(&ls).unwrap();
+        std::fs::write(ls.join("recover_status"), "ff\n").unwrap();
+        assert_eq!(probe(dir.path(), "tcmu-prd"), Probe::Running);
+        std::fs::write(ls.join("recover_status"), "0\n").unwrap();
+        assert_eq!(probe(dir.path(), "tcmu-prd"), Probe::Stopped(0));
+        std::fs::write(ls.join("recover_status"), "7f\n").unwrap();
+        assert_eq!(probe(dir.path(), "tcmu-prd"), Probe::Stopped(0x7f));
+        std::fs::write(ls.join("recover_status"), "what\n").unwrap();
+        assert!(matches!(
+            probe(dir.path(), "tcmu-prd"),
+            Probe::Unreadable(_)
+        ));
+    }
+
+    #[test]
+    fn a_short_stop_is_busy_a_long_one_not_ready_and_running_again_serves() {
+        let h = Health::new("ls", Duration::from_secs(10));
+        let t0 = Instant::now();
+        assert_eq!(h.check(), Ok(()));
+        assert_eq!(h.apply(&Probe::Running, t0), None);
+        assert_eq!(h.apply(&Probe::Stopped(0), t0), Some(true));
+        assert_eq!(
+            h.apply(&Probe::Stopped(0), t0 + Duration::from_secs(1)),
+            None
+        );
+        assert_eq!(
+            h.check_at(t0 + Duration::from_secs(3)),
+            Err(ClusterError::Busy)
+        );
+        let e = h.check_at(t0 + Duration::from_secs(11)).unwrap_err();
+        assert!(
+            matches!(&e, ClusterError::Unavailable(w) if w.contains("lockspace ls stopped")),
+            "{e}"
+        );
+        assert_eq!(
+            e.scsi(),
+            super::super::cache::ScsiFailure::NotReady { asc: 4, ascq: 3 }
+        );
+        // Absent (the cluster thread's business) and running both clear it.
+        assert_eq!(
+            h.apply(&Probe::Absent, t0 + Duration::from_secs(12)),
+            Some(false)
+        );
+        assert_eq!(h.check(), Ok(()));
+        assert_eq!(h.stopped_for(), None);
+    }
+}
