@@ -487,6 +487,20 @@ pub struct View {
     /// Bumped after every resolution, so a waiter knows a fresh one happened.
     resolutions: std::sync::atomic::AtomicU64,
     resolver: Mutex<Option<super::Resolver>>,
+    /// Whether this view's nexus is registered, remembered for one state and
+    /// one resolution (both only change on updates and ACL changes): a
+    /// reservation with many registrants then costs one pointer compare per
+    /// command, not a scan of every registration.
+    registered: Mutex<Option<RegisteredIn>>,
+}
+
+/// See [`View::registered`]. Holds the state and the resolution it answers
+/// for, so their addresses cannot be reused by newer ones while cached.
+#[derive(Debug)]
+struct RegisteredIn {
+    state: Arc<LuState>,
+    who: Arc<Who>,
+    registered: bool,
 }
 
 /// A stand-in nexus for ambiguous views: registered nowhere, so reservations
@@ -560,6 +574,7 @@ impl View {
             who: RwLock::new(None),
             resolutions: std::sync::atomic::AtomicU64::new(0),
             resolver: Mutex::new(None),
+            registered: Mutex::new(None),
         }
     }
 
@@ -805,7 +820,10 @@ impl View {
             Ok(a) => a,
             Err(e) => return super::sync::refusal(&self.lu.scsi, &e),
         };
-        if pr::check_access(&admitted.state().pr, nexus, cdb) == pr::Access::Conflict {
+        let access = pr::check_access_with(&admitted.state().pr, nexus, cdb, || {
+            self.registered_in(admitted.state_arc(), &who, nexus)
+        });
+        if access == pr::Access::Conflict {
             let spc2_other = admitted
                 .state()
                 .pr
@@ -820,6 +838,32 @@ impl View {
             return self.execute(cdb, data_out, data_in);
         }
         self.lu.scsi.execute(&port, cdb, data_out, data_in)
+    }
+
+    /// Whether `nexus` (this view's, from `who`) is registered in `state`,
+    /// from the cache when it answers for the same state and resolution.
+    fn registered_in(&self, state: &Arc<LuState>, who: &Arc<Who>, nexus: &pr::Nexus) -> bool {
+        let mut c = self
+            .registered
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(r) = &*c
+            && Arc::ptr_eq(&r.state, state)
+            && Arc::ptr_eq(&r.who, who)
+        {
+            return r.registered;
+        }
+        let registered = state
+            .pr
+            .registrations
+            .iter()
+            .any(|r| r.nexus.matches(nexus));
+        *c = Some(RegisteredIn {
+            state: state.clone(),
+            who: who.clone(),
+            registered,
+        });
+        registered
     }
 
     fn execute_pr(
@@ -1048,6 +1092,94 @@ mod tests {
         assert_eq!(view.name(), "test");
         let r = view.execute(&write, &out, &mut []);
         assert_eq!(r.status, scsi::sense::status::GOOD);
+    }
+
+    /// The per-view "am I registered" answer is remembered per state: it
+    /// must follow every registration change and a change of the view's
+    /// nexus, with many registrants as with one.
+    #[test]
+    fn registration_answer_follows_state_and_nexus_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = crate::lu::state::Identity::from_random(&[3; 13]);
+        let identity = LuIdentity {
+            naa: NaaId::new(&id.naa).unwrap(),
+            serial: id.serial.clone(),
+            vendor: "LIO-ORG".into(),
+            product: "tcmu-prd".into(),
+            revision: "0001".into(),
+        };
+        let backing = Arc::new(crate::backing::MemBacking::new(1 << 20, 4096));
+        let scsi = scsi::Lu::new(LuConfig::new(512, identity), backing).unwrap();
+        let lu =
+            Arc::new(Lu::for_tests(scsi, LuState::new(id), &dir.path().join("state")).unwrap());
+        let nexus = |a| pr::Nexus {
+            initiator: TransportId::Sas { address: a },
+            rtpi: 1,
+        };
+        let view = |a: u64| {
+            let v = Arc::new(View::new(
+                lu.clone(),
+                format!("v{a}"),
+                PathBuf::new(),
+                PathBuf::new(),
+            ));
+            v.set_nexus_for_tests(nexus(a), scsi::TargetPort::default());
+            lu.add_view(&v);
+            v
+        };
+        let prout = |v: &View, sa: u8, kind: u8, rk: u64, sark: u64| {
+            let mut p = [0u8; 24];
+            p[..8].copy_from_slice(&rk.to_be_bytes());
+            p[8..16].copy_from_slice(&sark.to_be_bytes());
+            let cdb = [0x5f, sa, kind, 0, 0, 0, 0, 0, 24, 0];
+            let r = v.execute(&cdb, &[IoSlice::new(&p)], &mut []);
+            // Consume unit attentions (bounded: a UA is reported once).
+            for _ in 0..4 {
+                if v.execute(&[0u8; 6], &[], &mut []).status == scsi::sense::status::GOOD {
+                    break;
+                }
+            }
+            r.status
+        };
+        let block = [0u8; 512];
+        let write = |v: &View| {
+            let cdb = [0x2a, 0, 0, 0, 0, 0, 0, 0, 1, 0];
+            let mut st = v.execute(&cdb, &[IoSlice::new(&block)], &mut []).status;
+            for _ in 0..4 {
+                if st != scsi::sense::status::CHECK_CONDITION {
+                    break;
+                }
+                st = v.execute(&cdb, &[IoSlice::new(&block)], &mut []).status;
+            }
+            st
+        };
+        let (good, conflict) = (
+            scsi::sense::status::GOOD,
+            scsi::sense::status::RESERVATION_CONFLICT,
+        );
+        let a = view(1);
+        let b = view(2);
+        // 100 registrants besides A and B, then A holds WERO.
+        for n in 10..110 {
+            let v = view(n);
+            assert_eq!(prout(&v, 0, 0, 0, n), good);
+        }
+        assert_eq!(prout(&a, 0, 0, 0, 1), good);
+        assert_eq!(prout(&a, 1, 5, 1, 0), good, "RESERVE WERO");
+        assert_eq!(write(&b), conflict, "B unregistered");
+        assert_eq!(write(&b), conflict, "again, from the cache");
+        assert_eq!(prout(&b, 0, 0, 0, 2), good, "B registers");
+        assert_eq!(write(&b), good);
+        assert_eq!(write(&b), good);
+        assert_eq!(prout(&a, 4, 5, 1, 2), good, "A preempts B");
+        assert_eq!(write(&b), conflict, "B preempted");
+        assert_eq!(prout(&b, 0, 0, 0, 3), good, "B registers again");
+        assert_eq!(write(&b), good);
+        // The view now serves another, unregistered initiator.
+        b.set_nexus_for_tests(nexus(999), scsi::TargetPort::default());
+        assert_eq!(write(&b), conflict, "a new nexus, same state");
+        b.set_nexus_for_tests(nexus(2), scsi::TargetPort::default());
+        assert_eq!(write(&b), good, "back to the registered one");
     }
 
     /// A LOGICAL UNIT RESET through one view: every other view's nexus

@@ -148,6 +148,21 @@ fn spc2_allowed(op: u8) -> bool {
 
 /// Whether `nexus` may run `cdb` given the reservations in `state`.
 pub fn check_access(state: &PrState, nexus: &Nexus, cdb: &[u8]) -> Access {
+    check_access_with(state, nexus, cdb, || {
+        state.registrations.iter().any(|r| r.nexus.matches(nexus))
+    })
+}
+
+/// [`check_access`] with the "is `nexus` registered" answer supplied by the
+/// caller (asked at most once, and only when a reservation makes it matter):
+/// a view remembers it per state instead of scanning every registration on
+/// every command.
+pub fn check_access_with(
+    state: &PrState,
+    nexus: &Nexus,
+    cdb: &[u8],
+    is_registered: impl FnOnce() -> bool,
+) -> Access {
     let Some(&op) = cdb.first() else {
         return Access::Allowed;
     };
@@ -171,7 +186,7 @@ pub fn check_access(state: &PrState, nexus: &Nexus, cdb: &[u8]) -> Access {
     {
         return Access::Allowed;
     }
-    let registered = state.registrations.iter().any(|r| r.nexus.matches(nexus));
+    let registered = is_registered();
     if registered && matches!(res.holder, Holder::AllRegistrants) {
         return Access::Allowed;
     }

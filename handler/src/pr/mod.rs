@@ -18,7 +18,7 @@ pub mod ua;
 #[cfg(test)]
 mod tests;
 
-pub use conflict::{Access, AccessClass, check_access, classify};
+pub use conflict::{Access, AccessClass, check_access, check_access_with, classify};
 pub use sense::{FieldPointer, SenseInfo, Status};
 pub use spc2::{lu_reset, nexus_lost};
 pub use state::{Holder, Nexus, PrState, PrType, Registration, Reservation, TargetPort};
