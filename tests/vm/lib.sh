@@ -205,6 +205,25 @@ libiscsi_suite() {
   say "libiscsi $tests: $passed passed, $failed failed, $skipped skipped"
 }
 
+# SPC2_CROSS_NODE_GAP: libiscsi tests that fail when the two initiators go
+# through different daemons (issue #5, ARCHITECTURE.md): an SPC-2
+# reservation is released on I_T nexus loss only when the conflict is seen
+# on the node serving the holder's view.
+SPC2_CROSS_NODE_GAP='^Reserve6\.(Logout|ITNexusLoss) FAILED$'
+
+# check_libiscsi DESCRIPTION TESTS_FILE [KNOWN_FAILURES_REGEX]: no failed
+# test in TESTS_FILE (from libiscsi_suite) except the known ones, which are
+# reported; at least 20 passed.
+check_libiscsi() {
+  local d="$1" f="$2" known="${3:-^$}" other n p
+  other=$(grep -v ' passed$\| SKIPPED$' "$f" | grep -Ev "$known" || true)
+  check_eq "$d: failures other than known ones" "" "$other"
+  n=$(grep -Ec "$known" "$f" || true)
+  [ "$n" -eq 0 ] || say "known gap, still failing: $n ($(grep -E "$known" "$f" | cut -d' ' -f1 | tr '\n' ' '))"
+  p=$(grep -c ' passed$' "$f" || true)
+  [ "$p" -ge 20 ] || fail "$d: only $p tests passed"
+}
+
 # need_scratch: an ext4 file system at /mnt/scratch for images. The guest's
 # writable places are tmpfs overlays, which refuse O_DIRECT (our default for
 # shared images); ext4 on a loop device is what a real node would have.
