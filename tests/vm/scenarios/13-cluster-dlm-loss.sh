@@ -50,8 +50,13 @@ check "TEST UNIT READY after dlm_controld died: NOT READY, manual intervention r
 check_fails "writes fail after dlm_controld died" dd if=/dev/zero of="$sda" bs=4k count=1 oflag=direct status=none
 "$TCMU_PRD" status --socket "$sock" | tee "$ART/status-stopped.txt"
 check "status explains the stop" grep -q "lockspace tcmu-prd: stopped (the kernel has stopped the lockspace" "$ART/status-stopped.txt"
-# A stopped lockspace blocks even lock cancels, and the kernel releases a
-# process's locks when it exits only once the lockspace runs again: the
-# daemon cannot finish exiting now (a node in this state is rebooted).
-# Kill it and do not wait; this scenario is the boot's last.
-kill -KILL "$(cat "$ART/d1.pid")" 2>/dev/null || true
+# A process holding locks in a stopped lockspace cannot finish exiting (the
+# kernel releases its locks only once the lockspace runs): a node in this
+# state is rebooted. Here, start the lockspace by hand (as dlm_controld
+# would) so that the daemon can exit and the VM tier can clean up.
+pid=$(cat "$ART/d1.pid")
+kill -KILL "$pid" 2>/dev/null || true
+echo 1 > "$ctl"
+exited() { ! kill -0 "$1" 2>/dev/null || grep -q '^State:.*Z' "/proc/$1/status" 2>/dev/null; }
+wait_for 30 "d1 exited once the lockspace ran again" exited "$pid"
+wait "$pid" 2>/dev/null || true
