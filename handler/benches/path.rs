@@ -6,7 +6,7 @@
 mod common;
 
 use std::hint::black_box;
-use std::io::IoSliceMut;
+use std::io::{IoSlice, IoSliceMut};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +20,8 @@ use tcmu_prd::scsi::{self, LuConfig, LuIdentity, NaaId, TargetPort};
 
 /// READ(10), LBA 16, 8 blocks of 512 bytes.
 const READ_10_4K: [u8; 10] = [0x28, 0, 0, 0, 0x10, 0, 0, 0, 8, 0];
+/// WRITE(10), LBA 16, 8 blocks of 512 bytes.
+const WRITE_10_4K: [u8; 10] = [0x2a, 0, 0, 0, 0x10, 0, 0, 0, 8, 0];
 const LEN: usize = 4096;
 const PORT: TargetPort = TargetPort {
     rtpi: common::RTPI,
@@ -57,6 +59,12 @@ fn path(c: &mut Criterion) {
         common::wero(100),
         common::initiator(99),
     );
+    let registered = view(
+        dir.path(),
+        "registered",
+        common::wero(100),
+        common::initiator(50),
+    );
     // Write Exclusive family: reads stay open to an unregistered initiator.
     let stranger = view(
         dir.path(),
@@ -79,6 +87,7 @@ fn path(c: &mut Criterion) {
     for (name, v) in [
         ("view/none", &plain),
         ("view/wero100/holder", &holder),
+        ("view/wero100/registered", &registered),
         ("view/wero100/unregistered", &stranger),
     ] {
         g.bench_function(name, |b| {
@@ -86,6 +95,33 @@ fn path(c: &mut Criterion) {
                 let mut din = [IoSliceMut::new(&mut buf)];
                 let r = v.execute(black_box(&READ_10_4K), &[], &mut din);
                 assert_eq!(r.data_in_len, LEN);
+            });
+        });
+    }
+    g.finish();
+
+    // WRITE(10) of the same 4 KiB: allowed to the holder and every
+    // registrant under WERO, as to anyone without a reservation.
+    let data = vec![0x5au8; LEN];
+    let mut g = c.benchmark_group("write10_4k");
+    g.throughput(Throughput::Bytes(LEN as u64));
+    g.bench_function("scsi_lu", |b| {
+        b.iter(|| {
+            let dout = [IoSlice::new(&data)];
+            let r = lu.execute(&PORT, black_box(&WRITE_10_4K), &dout, &mut []);
+            assert_eq!(r.status, 0);
+        });
+    });
+    for (name, v) in [
+        ("view/none", &plain),
+        ("view/wero100/holder", &holder),
+        ("view/wero100/registered", &registered),
+    ] {
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let dout = [IoSlice::new(&data)];
+                let r = v.execute(black_box(&WRITE_10_4K), &dout, &mut []);
+                assert_eq!(r.status, 0);
             });
         });
     }

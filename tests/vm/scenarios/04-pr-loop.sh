@@ -188,4 +188,7 @@ check "REPORT CAPABILITIES: APTPL activated" grep -q "(PTPL_A): 1" "$ART/caps-ap
 power_cycle
 check_eq "with APTPL, the registration survives a power on" "0xa" "$(read_keys)"
 check "... and the reservation" bash -c "sg_persist -n --in --read-reservation $A | grep -q 'Key=0xa'"
+# PR OUT latency in local mode; scenario 06 measures cluster mode in the
+# same boot (BENCHMARKS.md). A measurement, never a pass/fail criterion.
+python3 "$ROOT/tests/vm/pr_latency.py" "$A" 200 "PR OUT, local mode" | tee "$ART/pr-latency.json"
 daemon_stop ap TERM

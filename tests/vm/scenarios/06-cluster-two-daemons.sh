@@ -125,6 +125,9 @@ cat "$ART/prout-stuck.txt"
 check "the PR OUT completed once the peer answered" grep -q "rc=0" "$ART/prout-stuck.txt"
 check_eq "the new key, seen through d2" "0x11 0x2 " "$(keys "$sdb")"
 check "d1 serves reads after the peer recovered" dd if="$sda" of=/dev/null bs=4k count=16 iflag=direct status=none
+# PR OUT latency in cluster mode (EX, store write, LVB, with an idle peer);
+# scenario 04 measures local mode in the same boot (BENCHMARKS.md).
+python3 "$ROOT/tests/vm/pr_latency.py" "$sda" 200 "PR OUT, dlm mode, two daemons" | tee "$ART/pr-latency.json"
 
 daemon_stop d2b TERM
 daemon_stop d1 TERM
