@@ -153,6 +153,42 @@ fn os(op: &'static str) -> Error {
     }
 }
 
+/// The kernel device through which lockspaces are created and removed.
+const CONTROL_DEVICE: &str = "/dev/misc/dlm-control";
+
+/// Serializes creating and releasing lockspaces among the processes of
+/// this host, by an exclusive `flock` on the DLM control device.
+///
+/// The kernel's `dlm_device_register` (fs/dlm/user.c, unchanged up to at
+/// least 6.1) checks and sets the lockspace's misc device without a lock:
+/// two processes creating the same lockspace at once can both call
+/// `misc_register`, and the loser gets EEXIST and frees the device name
+/// the winner is still using. After that, lockspace devices on the node
+/// misbehave until reboot. Every process of ours goes through here, so
+/// several daemons (or a daemon and `check-dlm`) on one node cannot race.
+struct HostLsGuard {
+    _file: Option<std::fs::File>,
+}
+
+impl HostLsGuard {
+    fn acquire() -> Self {
+        // Without the control device libdlm fails on its own with a clear
+        // errno; there is nothing to serialize then.
+        let Ok(file) = std::fs::File::open(CONTROL_DEVICE) else {
+            return HostLsGuard { _file: None };
+        };
+        loop {
+            // SAFETY: the fd is owned by `file`, open for the whole call.
+            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+            if rc == 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+                // On any other error we go on unserialized, as before.
+                break;
+            }
+        }
+        HostLsGuard { _file: Some(file) }
+    }
+}
+
 /// Checks the node-level prerequisites of a user-space lockspace and says
 /// precisely which one is missing: the dlm module, and dlm_controld (which
 /// creates the cluster configuration in configfs). `configfs` is the mount
@@ -214,8 +250,10 @@ impl Lockspace {
             return Err(Error::BadName(name.into()));
         }
         let cname = CString::new(name).map_err(|_| Error::BadName(name.into()))?;
+        let guard = HostLsGuard::acquire();
         // SAFETY: `cname` is a valid NUL-terminated string that outlives the call.
         let handle = unsafe { raw::dlm_create_lockspace(cname.as_ptr(), 0o600) };
+        drop(guard);
         if handle.is_null() {
             let e = io::Error::last_os_error();
             if e.raw_os_error() == Some(libc::EUNATCH) {
@@ -343,6 +381,7 @@ impl Lockspace {
         let inner = Rc::try_unwrap(self.inner).map_err(|_| {
             Error::Unavailable("lockspace still has locks; release them first".into())
         })?;
+        let _guard = HostLsGuard::acquire();
         // SAFETY: we own the last reference to the handle; it is not used afterwards
         // (LsInner's Drop is skipped by forgetting it below).
         let rc = unsafe {
