@@ -205,12 +205,6 @@ libiscsi_suite() {
   say "libiscsi $tests: $passed passed, $failed failed, $skipped skipped"
 }
 
-# SPC2_CROSS_NODE_GAP: libiscsi tests that fail when the two initiators go
-# through different daemons (issue #5, ARCHITECTURE.md): an SPC-2
-# reservation is released on I_T nexus loss only when the conflict is seen
-# on the node serving the holder's view.
-SPC2_CROSS_NODE_GAP='^Reserve6\.(Logout|ITNexusLoss) FAILED$'
-
 # check_libiscsi DESCRIPTION TESTS_FILE [KNOWN_FAILURES_REGEX]: no failed
 # test in TESTS_FILE (from libiscsi_suite) except the known ones, which are
 # reported; at least 20 passed.

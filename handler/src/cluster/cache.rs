@@ -44,6 +44,24 @@
 //! another node asks for it. Callers take it BEFORE admitting the command:
 //! a worker holding a ticket while waiting for the CAW lock could deadlock
 //! with an update that waits for that ticket to drain.
+//!
+//! SPC-2 reservation liveness: a third per-LU lock (`tcmu-prd:r:<lu>`).
+//! TCMU never says that an I_T nexus ended, so only the node that serves
+//! the SPC-2 reservation holder's view can tell (from configfs) whether its
+//! session is still there. That node *vouches* for the holder by holding
+//! this lock in PR ([`Cluster::spc2_vouch`]). A node whose command conflicts
+//! with a holder it does not serve *probes* ([`Cluster::spc2_probe`]): it
+//! converts its own lock NL -> EX. The blocking AST reaches the vouching
+//! node, which reports [`Done::Spc2Check`]; its daemon checks the session,
+//! releases the reservation through a normal update if the session is gone,
+//! and answers ([`Cluster::spc2_answer`]); only then does it convert PR ->
+//! NL, which grants the probe. So when a probe completes, any release is
+//! already durable and published, and the prober's next admission sees it.
+//! The prober converts straight back to NL; a node still vouching asks for
+//! PR again (queued behind the probe: conversions are granted in order,
+//! which is why the prober always converts from NL rather than asking anew).
+//! Nobody vouching (a daemon restarted since the reservation, a dead node)
+//! grants the probe at once and nothing is released: the conflict stands.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -400,6 +418,18 @@ pub enum Done<R> {
         tag: u64,
         result: Result<(), ClusterError>,
     },
+    /// A probe of the SPC-2 holder's liveness finished: `Ok` means the
+    /// vouching node (if any) has answered and any release it made is
+    /// published.
+    Spc2Probe {
+        lu: String,
+        tag: u64,
+        result: Result<(), ClusterError>,
+    },
+    /// Another node probes the SPC-2 holder this node vouches for: check
+    /// its session, release the reservation if it is gone, then answer with
+    /// [`Cluster::spc2_answer`].
+    Spc2Check { lu: String },
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -425,6 +455,24 @@ struct Caw {
     queue: VecDeque<(u64, Instant)>,
 }
 
+/// The SPC-2 liveness lock of one LU (see the module docs).
+#[derive(Debug, Default)]
+struct Spc2 {
+    lock: Option<LockId>,
+    held: Option<Mode>,
+    pending: Option<Req>,
+    /// A blocking AST arrived while PR was held: a probe waits.
+    blocked: bool,
+    /// A local view holds the SPC-2 reservation: keep PR.
+    vouch: bool,
+    /// `Done::Spc2Check` was reported for the current blocking AST.
+    asked: bool,
+    /// ... and answered: give the lock up.
+    answered: bool,
+    /// Probes waiting for EX: tag and start.
+    probes: VecDeque<(u64, Instant)>,
+}
+
 struct Lu<S, R> {
     shared: Arc<LuShared>,
     store: S,
@@ -439,12 +487,14 @@ struct Lu<S, R> {
     retry_at: Option<Instant>,
     stalled: bool,
     caw: Caw,
+    spc2: Spc2,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Which {
     State,
     Caw,
+    Spc2,
 }
 
 /// A read-only picture of the cluster side, for `tcmu-prd status`.
@@ -571,6 +621,7 @@ impl<L: LockManager, S: StateStore, R> Cluster<L, S, R> {
                 retry_at: None,
                 stalled: false,
                 caw: Caw::default(),
+                spc2: Spc2::default(),
             },
         );
         info!(lu = id, "LU added to the cluster state cache");
@@ -626,6 +677,44 @@ impl<L: LockManager, S: StateStore, R> Cluster<L, S, R> {
         self.step(now);
     }
 
+    /// Probes the liveness of LU `lu`'s SPC-2 reservation holder, which a
+    /// view of another node serves; `Done::Spc2Probe` with `tag` says when
+    /// the node vouching for it (if any) has answered.
+    pub fn spc2_probe(&mut self, lu: &str, tag: u64, now: Instant) {
+        match self.lus.get_mut(lu) {
+            None => self.done.push(Done::Spc2Probe {
+                lu: lu.into(),
+                tag,
+                result: Err(ClusterError::UnknownLu(lu.into())),
+            }),
+            Some(l) => {
+                l.spc2.probes.push_back((tag, now));
+                self.step(now);
+            }
+        }
+    }
+
+    /// Whether a view of this node holds LU `lu`'s SPC-2 reservation (and
+    /// so this node vouches for it).
+    pub fn spc2_vouch(&mut self, lu: &str, on: bool, now: Instant) {
+        if let Some(l) = self.lus.get_mut(lu) {
+            l.spc2.vouch = on;
+            self.step(now);
+        }
+    }
+
+    /// The answer to a `Done::Spc2Check`: whether a view of this node still
+    /// holds the reservation (its session is alive).
+    pub fn spc2_answer(&mut self, lu: &str, still_holder: bool, now: Instant) {
+        if let Some(l) = self.lus.get_mut(lu) {
+            l.spc2.vouch = still_holder;
+            if l.spc2.asked {
+                l.spc2.answered = true;
+            }
+            self.step(now);
+        }
+    }
+
     /// Finished updates and CAW acquisitions since the last call.
     pub fn take_done(&mut self) -> Vec<Done<R>> {
         std::mem::take(&mut self.done)
@@ -650,6 +739,7 @@ impl<L: LockManager, S: StateStore, R> Cluster<L, S, R> {
                 for (id, lu) in &mut self.lus {
                     drive(id, lu, &mut ctx);
                     drive_caw(id, lu, &mut ctx);
+                    drive_spc2(id, lu, &mut ctx);
                 }
             }
             Err(why) => {
@@ -657,6 +747,7 @@ impl<L: LockManager, S: StateStore, R> Cluster<L, S, R> {
                 let err = ClusterError::Unavailable(why.clone());
                 for (id, lu) in &mut self.lus {
                     fail_updates(id, lu, ctx.done, &err, None);
+                    fail_probes(id, &mut lu.spc2, ctx.done, &err);
                     for (tag, _) in lu.caw.queue.drain(..) {
                         ctx.done.push(Done::Caw {
                             lu: id.clone(),
@@ -708,6 +799,11 @@ impl<L: LockManager, S: StateStore, R> Cluster<L, S, R> {
                             lu.caw.blocked = true;
                         }
                     }
+                    Which::Spc2 => {
+                        if lu.spc2.held == Some(Mode::Pr) {
+                            lu.spc2.blocked = true;
+                        }
+                    }
                 }
             }
             Event::Completed { lock, result } => {
@@ -731,6 +827,7 @@ impl<L: LockManager, S: StateStore, R> Cluster<L, S, R> {
                 match which {
                     Which::State => completed(&id, lu, result, &mut ctx),
                     Which::Caw => caw_completed(&id, lu, result, &mut ctx),
+                    Which::Spc2 => spc2_completed(&id, lu, result, &mut ctx),
                 }
             }
         }
@@ -779,6 +876,12 @@ impl<L: LockManager, S: StateStore, R> Cluster<L, S, R> {
                 });
             }
             lu.caw = Caw::default();
+            fail_probes(id, &mut lu.spc2, &mut self.done, &err);
+            // Vouching resumes once the lockspace is back.
+            lu.spc2 = Spc2 {
+                vouch: lu.spc2.vouch,
+                ..Spc2::default()
+            };
             lu.shared.lock().waiting = false;
             lu.shared.set_phase(Phase::Refused(err.clone()), None);
         }
@@ -1301,6 +1404,148 @@ fn caw_completed<L, S, R>(
             debug!(lu = id, error = %e, "COMPARE AND WRITE lock request failed");
             let expired = ctx.now.checked_sub(ctx.cfg.update_timeout);
             expire_caw(id, c, ctx.done, expired);
+        }
+    }
+}
+
+fn drive_spc2<L: LockManager, S, R>(id: &str, lu: &mut Lu<S, R>, ctx: &mut Ctx<'_, L, R>) {
+    let expired = ctx.now.checked_sub(ctx.cfg.update_timeout);
+    let s = &mut lu.spc2;
+    if s.probes
+        .front()
+        .is_some_and(|(_, t)| expired.is_some_and(|e| *t <= e))
+    {
+        match &mut s.pending {
+            Some(req) if req.mode == Mode::Ex => {
+                if !req.cancelling {
+                    req.cancelling = true;
+                    lu.shared.dlm_requests.fetch_add(1, Ordering::Relaxed);
+                    if let Some(l) = s.lock {
+                        let _ = ctx.lm.cancel(l);
+                    }
+                }
+            }
+            _ => expire_probes(id, s, ctx.done, expired),
+        }
+    }
+    if s.pending.is_some() {
+        return;
+    }
+    let to = match s.held {
+        Some(Mode::Ex) => {
+            // Granted: whoever vouched has answered.
+            for (tag, _) in s.probes.drain(..) {
+                ctx.done.push(Done::Spc2Probe {
+                    lu: id.into(),
+                    tag,
+                    result: Ok(()),
+                });
+            }
+            Mode::Nl
+        }
+        Some(Mode::Pr) if s.blocked && s.vouch && !s.answered => {
+            if !s.asked {
+                s.asked = true;
+                debug!(
+                    lu = id,
+                    "another node probes the SPC-2 holder this node vouches for"
+                );
+                ctx.done.push(Done::Spc2Check { lu: id.into() });
+            }
+            return;
+        }
+        Some(Mode::Pr) if s.blocked || !s.vouch || !s.probes.is_empty() => Mode::Nl,
+        Some(Mode::Pr) => return,
+        held => {
+            if !s.probes.is_empty() {
+                // From NL, so that the probe queues as a conversion: ahead
+                // of the vouching node's own PR request that follows its
+                // answer.
+                if held.is_none() { Mode::Nl } else { Mode::Ex }
+            } else if s.vouch {
+                Mode::Pr
+            } else {
+                return;
+            }
+        }
+    };
+    let lock = match s.lock {
+        Some(l) => l,
+        None => match ctx.lm.open(&resource_name(b'r', id)) {
+            Ok(l) => {
+                ctx.locks.insert(l, (id.to_owned(), Which::Spc2));
+                s.lock = Some(l);
+                l
+            }
+            Err(e) => {
+                warn!(lu = id, error = %e, "cannot open the SPC-2 liveness lock");
+                fail_probes(id, s, ctx.done, &ClusterError::Busy);
+                return;
+            }
+        },
+    };
+    let flags = flags_from(s.held, to, false);
+    match request(id, lock, &lu.shared, ctx, to, flags, None) {
+        Ok(r) => lu.spc2.pending = Some(r),
+        Err(e) => fail_probes(
+            id,
+            &mut lu.spc2,
+            ctx.done,
+            &ClusterError::Inconsistent(e.to_string()),
+        ),
+    }
+}
+
+fn fail_probes<R>(id: &str, s: &mut Spc2, done: &mut Vec<Done<R>>, e: &ClusterError) {
+    for (tag, _) in s.probes.drain(..) {
+        done.push(Done::Spc2Probe {
+            lu: id.into(),
+            tag,
+            result: Err(e.clone()),
+        });
+    }
+}
+
+fn expire_probes<R>(id: &str, s: &mut Spc2, done: &mut Vec<Done<R>>, expired: Option<Instant>) {
+    while s
+        .probes
+        .front()
+        .is_some_and(|(_, t)| expired.is_some_and(|e| *t <= e))
+    {
+        let (tag, _) = s.probes.pop_front().expect("front exists");
+        warn!(lu = id, tag, "SPC-2 holder probe not answered in time");
+        done.push(Done::Spc2Probe {
+            lu: id.into(),
+            tag,
+            result: Err(ClusterError::Busy),
+        });
+    }
+}
+
+fn spc2_completed<L, S, R>(
+    id: &str,
+    lu: &mut Lu<S, R>,
+    result: Result<Grant, LmError>,
+    ctx: &mut Ctx<'_, L, R>,
+) {
+    let s = &mut lu.spc2;
+    s.pending = None;
+    match result {
+        Ok(g) => {
+            s.held = Some(g.mode);
+            if g.mode == Mode::Nl {
+                s.blocked = false;
+                s.asked = false;
+                s.answered = false;
+            }
+        }
+        Err(LmError::Cancelled) => {
+            let expired = ctx.now.checked_sub(ctx.cfg.update_timeout);
+            expire_probes(id, s, ctx.done, expired);
+        }
+        Err(e) => {
+            warn!(lu = id, error = %e, "SPC-2 liveness lock request failed");
+            fail_probes(id, s, ctx.done, &ClusterError::Busy);
         }
     }
 }

@@ -261,6 +261,18 @@ enum Msg<R> {
         lu: String,
         tag: u64,
     },
+    Spc2Probe {
+        lu: String,
+        reply: Sender<Result<(), ClusterError>>,
+    },
+    Spc2Vouch {
+        lu: String,
+        on: bool,
+    },
+    Spc2Answer {
+        lu: String,
+        still_holder: bool,
+    },
     Snapshot {
         reply: Sender<ClusterSnapshot>,
     },
@@ -314,11 +326,14 @@ impl<R: Send + 'static> ClusterThread<R> {
     /// Starts the thread; `make` builds the lock manager on it (dlm-sys
     /// objects must be created on the thread that uses them).
     /// `on_lu_ready(lu)` is called (on any thread) when commands parked on
-    /// an LU should be admitted again.
+    /// an LU should be admitted again; `on_spc2_check(lu)` (on this thread,
+    /// so it must not block) when another node probes the SPC-2 holder
+    /// this node vouches for (answer with [`ClusterThread::spc2_answer`]).
     pub fn spawn<L, F>(
         make: F,
         cfg: Config,
         on_lu_ready: Arc<dyn Fn(&str) + Send + Sync>,
+        on_spc2_check: Arc<dyn Fn(&str) + Send + Sync>,
     ) -> std::io::Result<Self>
     where
         L: LockManager,
@@ -335,7 +350,7 @@ impl<R: Send + 'static> ClusterThread<R> {
         });
         let join = std::thread::Builder::new()
             .name("cluster".into())
-            .spawn(move || run(make(), cfg, notify, &rx, &wake_rx))?;
+            .spawn(move || run(make(), cfg, notify, &on_spc2_check, &rx, &wake_rx))?;
         Ok(ClusterThread {
             tx,
             wake: wake_tx,
@@ -403,6 +418,31 @@ impl<R: Send + 'static> ClusterThread<R> {
         })
     }
 
+    /// Probes the liveness of the LU's SPC-2 holder (served by another
+    /// node); `Ok` on the returned channel once the node vouching for it,
+    /// if any, has answered.
+    pub fn spc2_probe(&self, lu: &str) -> Result<Receiver<Result<(), ClusterError>>, ClusterError> {
+        let (reply, rx) = crossbeam_channel::bounded(1);
+        self.send(Msg::Spc2Probe {
+            lu: lu.into(),
+            reply,
+        })?;
+        Ok(rx)
+    }
+
+    /// Whether a view of this node holds the LU's SPC-2 reservation.
+    pub fn spc2_vouch(&self, lu: &str, on: bool) -> Result<(), ClusterError> {
+        self.send(Msg::Spc2Vouch { lu: lu.into(), on })
+    }
+
+    /// Answers an `on_spc2_check(lu)`.
+    pub fn spc2_answer(&self, lu: &str, still_holder: bool) -> Result<(), ClusterError> {
+        self.send(Msg::Spc2Answer {
+            lu: lu.into(),
+            still_holder,
+        })
+    }
+
     /// Asks for a picture of the cluster side (`tcmu-prd status`); it comes
     /// back on the returned channel when the thread next runs its loop
     /// (not while it is inside a libdlm call).
@@ -426,18 +466,20 @@ impl<R: Send + 'static> ClusterThread<R> {
 type Replies<R> = (
     HashMap<u64, Sender<Result<Updated<R>, ClusterError>>>,
     HashMap<u64, Sender<Result<u64, ClusterError>>>,
+    HashMap<u64, Sender<Result<(), ClusterError>>>,
 );
 
 fn run<L: LockManager, R>(
     lm: L,
     cfg: Config,
     notify: super::cache::Notify,
+    on_spc2_check: &Arc<dyn Fn(&str) + Send + Sync>,
     rx: &Receiver<Msg<R>>,
     wake: &UnixStream,
 ) {
     let mut c: Cluster<L, Box<dyn StateStore + Send>, R> = Cluster::new(lm, cfg, notify);
     let mut next_tag = 0u64;
-    let mut replies: Replies<R> = (HashMap::new(), HashMap::new());
+    let mut replies: Replies<R> = (HashMap::new(), HashMap::new(), HashMap::new());
     loop {
         c.lock_manager().wait(wake, TICK);
         let _ = wake.set_nonblocking(true);
@@ -463,6 +505,12 @@ fn run<L: LockManager, R>(
                     c.caw_acquire(&lu, next_tag, now);
                 }
                 Msg::CawRelease { lu, tag } => c.caw_release(&lu, tag, now),
+                Msg::Spc2Probe { lu, reply } => {
+                    replies.2.insert(next_tag, reply);
+                    c.spc2_probe(&lu, next_tag, now);
+                }
+                Msg::Spc2Vouch { lu, on } => c.spc2_vouch(&lu, on, now),
+                Msg::Spc2Answer { lu, still_holder } => c.spc2_answer(&lu, still_holder, now),
                 Msg::Snapshot { reply } => {
                     let _ = reply.send(c.snapshot());
                 }
@@ -485,6 +533,12 @@ fn run<L: LockManager, R>(
                         }
                     }
                 }
+                Done::Spc2Probe { tag, result, .. } => {
+                    if let Some(r) = replies.2.remove(&tag) {
+                        let _ = r.send(result);
+                    }
+                }
+                Done::Spc2Check { lu } => on_spc2_check(&lu),
             }
         }
     }
@@ -508,6 +562,7 @@ mod tests {
             Arc::new(move |lu: &str| {
                 let _ = ready_tx.send(lu.to_owned());
             }),
+            Arc::new(|_: &str| {}),
         )
         .unwrap();
         let store = Store::open(&path, true, false).unwrap();

@@ -174,7 +174,7 @@ impl Sim {
                     result: Err(ClusterError::Busy),
                     ..
                 } => self.busy += 1,
-                Done::Update { .. } | Done::Caw { .. } => {}
+                _ => {}
             }
         }
     }
@@ -545,7 +545,7 @@ fn compare_and_write_lock_is_exclusive_across_nodes_and_cached() {
             .into_iter()
             .filter_map(|d| match d {
                 Done::Caw { tag, result, .. } => Some((tag, result.is_ok())),
-                Done::Update { .. } => None,
+                _ => None,
             })
             .collect()
     };

@@ -69,6 +69,48 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     fn caw_acquire(&self, lu: &str) -> Result<Receiver<Result<u64, ClusterError>>, ClusterError>;
     /// Releases it.
     fn caw_release(&self, lu: &str, token: u64) -> Result<(), ClusterError>;
+    /// Probes the liveness of the LU's SPC-2 holder served by another node
+    /// (`cache` module docs); `Ok` once whoever vouches for it answered.
+    fn spc2_probe(&self, lu: &str) -> Result<Receiver<Result<(), ClusterError>>, ClusterError>;
+    /// Whether a view of this node holds the LU's SPC-2 reservation.
+    fn spc2_vouch(&self, lu: &str, on: bool) -> Result<(), ClusterError>;
+    /// Answers a check asked through `Spc2Holders`.
+    fn spc2_answer(&self, lu: &str, still_holder: bool) -> Result<(), ClusterError>;
+}
+
+/// What checks an SPC-2 holder's session when another node probes it: the
+/// LU (`view::Lu`).
+pub trait Spc2Holder: Send + Sync {
+    /// Releases the SPC-2 reservation if its holder is a view of this node
+    /// whose session is gone; returns whether a view of this node still
+    /// holds it.
+    fn check_spc2_holder(&self) -> bool;
+}
+
+/// The LUs that may vouch for an SPC-2 holder, by LU id.
+pub type Spc2Holders = Arc<Mutex<HashMap<String, std::sync::Weak<dyn Spc2Holder>>>>;
+
+/// Runs the check for `lu` on its own thread (it reads configfs and may
+/// update the state: neither may happen on the cluster thread) and answers.
+pub fn spawn_spc2_check(holders: &Spc2Holders, backend: Arc<dyn Backend>, lu: &str) {
+    let who = holders
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .get(lu)
+        .and_then(std::sync::Weak::upgrade);
+    let id = lu.to_owned();
+    let run = move || {
+        let still = who.is_some_and(|w| w.check_spc2_holder());
+        if let Err(e) = backend.spc2_answer(&id, still) {
+            warn!(lu = %id, error = %e, "answering an SPC-2 holder probe");
+        }
+    };
+    if let Err(e) = std::thread::Builder::new()
+        .name("spc2-check".into())
+        .spawn(run)
+    {
+        warn!(lu, error = %e, "cannot start the SPC-2 holder check");
+    }
 }
 
 impl Backend for ClusterThread<Reply> {
@@ -91,6 +133,15 @@ impl Backend for ClusterThread<Reply> {
     }
     fn caw_release(&self, lu: &str, token: u64) -> Result<(), ClusterError> {
         ClusterThread::caw_release(self, lu, token)
+    }
+    fn spc2_probe(&self, lu: &str) -> Result<Receiver<Result<(), ClusterError>>, ClusterError> {
+        ClusterThread::spc2_probe(self, lu)
+    }
+    fn spc2_vouch(&self, lu: &str, on: bool) -> Result<(), ClusterError> {
+        ClusterThread::spc2_vouch(self, lu, on)
+    }
+    fn spc2_answer(&self, lu: &str, still_holder: bool) -> Result<(), ClusterError> {
+        ClusterThread::spc2_answer(self, lu, still_holder)
     }
 }
 
@@ -135,7 +186,9 @@ impl Ready {
 /// The daemon's cluster side, shared by every LU it opens.
 #[derive(Debug)]
 pub struct ClusterCtx {
-    backend: Box<dyn Backend>,
+    backend: Arc<dyn Backend>,
+    /// LUs that answer SPC-2 holder probes from other nodes.
+    spc2_holders: Spc2Holders,
     ready: Arc<Ready>,
     /// How long a worker waits for an admission, an update or the CAW lock
     /// (the protocol's own bounds are below it; this one only guards
@@ -222,9 +275,25 @@ impl Sharing {
             admit_timeout: update_timeout,
             ..cache::Config::default()
         };
-        let thread = ClusterThread::spawn(make, cfg, Arc::new(move |_lu: &str| r.bump()))?;
-        Ok(Self::with_backend(
-            Box::new(thread.clone()),
+        let holders = Spc2Holders::default();
+        let h = holders.clone();
+        let me: Arc<std::sync::OnceLock<Arc<dyn Backend>>> = Arc::default();
+        let m = me.clone();
+        let thread = ClusterThread::spawn(
+            make,
+            cfg,
+            Arc::new(move |_lu: &str| r.bump()),
+            Arc::new(move |lu: &str| {
+                if let Some(b) = m.get() {
+                    spawn_spc2_check(&h, b.clone(), lu);
+                }
+            }),
+        )?;
+        let backend: Arc<dyn Backend> = Arc::new(thread.clone());
+        let _ = me.set(backend.clone());
+        Ok(Self::with_backend_and_holders(
+            backend,
+            holders,
             ready,
             update_timeout,
             Some(thread),
@@ -236,7 +305,28 @@ impl Sharing {
     /// bumped whenever the backend says an LU's parked commands may retry.
     #[must_use]
     pub fn with_backend(
-        backend: Box<dyn Backend>,
+        backend: Arc<dyn Backend>,
+        ready: Arc<Ready>,
+        update_timeout: Duration,
+        thread: Option<ClusterThread<Reply>>,
+        health: Option<Arc<Health>>,
+    ) -> Sharing {
+        Self::with_backend_and_holders(
+            backend,
+            Spc2Holders::default(),
+            ready,
+            update_timeout,
+            thread,
+            health,
+        )
+    }
+
+    /// [`Sharing::with_backend`], with the registry through which the
+    /// backend's SPC-2 holder checks find their LUs.
+    #[must_use]
+    pub fn with_backend_and_holders(
+        backend: Arc<dyn Backend>,
+        spc2_holders: Spc2Holders,
         ready: Arc<Ready>,
         update_timeout: Duration,
         thread: Option<ClusterThread<Reply>>,
@@ -244,6 +334,7 @@ impl Sharing {
     ) -> Sharing {
         Sharing::Cluster(Arc::new(ClusterCtx {
             backend,
+            spc2_holders,
             ready,
             bound: update_timeout + Duration::from_secs(2),
             handles: Mutex::new(HashMap::new()),
@@ -697,6 +788,42 @@ impl StateSync {
                 id: c.id.clone(),
             })),
         }
+    }
+
+    /// Cluster mode: lets `holder` (this LU) answer other nodes' probes of
+    /// the SPC-2 holders it serves.
+    pub fn register_spc2_holder(&self, holder: std::sync::Weak<dyn Spc2Holder>) {
+        if let StateSync::Cluster(c) = self {
+            c.ctx
+                .spc2_holders
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(c.id.clone(), holder);
+        }
+    }
+
+    /// Cluster mode: a view of this node now holds (or no longer holds)
+    /// the SPC-2 reservation, so this node vouches for it.
+    pub fn spc2_vouch(&self, on: bool) {
+        if let StateSync::Cluster(c) = self
+            && let Err(e) = c.ctx.backend.spc2_vouch(&c.id, on)
+        {
+            warn!(lu = %c.id, error = %e, "cannot vouch for the SPC-2 holder");
+        }
+    }
+
+    /// Cluster mode: waits until the node vouching for the SPC-2 holder
+    /// (if any) has checked its session and, if it is gone, released the
+    /// reservation. Local mode: nothing to ask.
+    pub fn spc2_probe(&self) -> Result<(), ClusterError> {
+        let StateSync::Cluster(c) = self else {
+            return Ok(());
+        };
+        c.ctx.backend.spc2_probe(&c.id).and_then(|rx| {
+            rx.recv_timeout(c.ctx.bound)
+                .map_err(|_| ClusterError::Busy)
+                .and_then(|r| r)
+        })
     }
 
     /// Cluster mode: the LU's side of the protocol as this node sees it,

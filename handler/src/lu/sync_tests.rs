@@ -21,6 +21,9 @@ enum Req {
     ),
     CawAcquire(String, Sender<Result<u64, ClusterError>>),
     CawRelease(String, u64),
+    Spc2Probe(String, Sender<Result<(), ClusterError>>),
+    Spc2Vouch(String, bool),
+    Spc2Answer(String, bool),
 }
 
 #[derive(Debug)]
@@ -68,11 +71,29 @@ impl Backend for Node {
             .send((self.n, Req::CawRelease(lu.into(), token)))
             .map_err(gone)
     }
+    fn spc2_probe(&self, lu: &str) -> Result<Receiver<Result<(), ClusterError>>, ClusterError> {
+        let (t, r) = unbounded();
+        self.tx
+            .send((self.n, Req::Spc2Probe(lu.into(), t)))
+            .map_err(gone)?;
+        Ok(r)
+    }
+    fn spc2_vouch(&self, lu: &str, on: bool) -> Result<(), ClusterError> {
+        self.tx
+            .send((self.n, Req::Spc2Vouch(lu.into(), on)))
+            .map_err(gone)
+    }
+    fn spc2_answer(&self, lu: &str, still_holder: bool) -> Result<(), ClusterError> {
+        self.tx
+            .send((self.n, Req::Spc2Answer(lu.into(), still_holder)))
+            .map_err(gone)
+    }
 }
 
 type Replies = (
     HashMap<(usize, u64), Sender<Result<Updated<Reply>, ClusterError>>>,
     HashMap<(usize, u64), Sender<Result<u64, ClusterError>>>,
+    HashMap<(usize, u64), Sender<Result<(), ClusterError>>>,
 );
 
 /// `nodes` simulated nodes sharing one fake lockspace.
@@ -85,6 +106,12 @@ fn cluster_with_health(healths: Vec<Option<Arc<Health>>>) -> Vec<Sharing> {
     let (tx, rx) = unbounded::<(usize, Req)>();
     let readies: Vec<Arc<Ready>> = (0..nodes).map(|_| Arc::new(Ready::default())).collect();
     let rs = readies.clone();
+    let holders: Vec<Spc2Holders> = (0..nodes).map(|_| Spc2Holders::default()).collect();
+    let hs = holders.clone();
+    let backends: Vec<Arc<dyn Backend>> = (0..nodes)
+        .map(|n| Arc::new(Node { n, tx: tx.clone() }) as Arc<dyn Backend>)
+        .collect();
+    let bs = backends.clone();
     thread::spawn(move || {
         let dlm = FakeDlm::new(nodes);
         let cfg = cache::Config {
@@ -103,7 +130,7 @@ fn cluster_with_health(healths: Vec<Option<Arc<Health>>>) -> Vec<Sharing> {
                 Cluster::new(dlm.node(n), cfg.clone(), notify)
             })
             .collect();
-        let mut replies: Replies = (HashMap::new(), HashMap::new());
+        let mut replies: Replies = (HashMap::new(), HashMap::new(), HashMap::new());
         let mut tag = 0u64;
         loop {
             let now = Instant::now();
@@ -123,6 +150,12 @@ fn cluster_with_health(healths: Vec<Option<Arc<Health>>>) -> Vec<Sharing> {
                             cs[n].caw_acquire(&lu, tag, now);
                         }
                         Req::CawRelease(lu, t) => cs[n].caw_release(&lu, t, now),
+                        Req::Spc2Probe(lu, reply) => {
+                            replies.2.insert((n, tag), reply);
+                            cs[n].spc2_probe(&lu, tag, now);
+                        }
+                        Req::Spc2Vouch(lu, on) => cs[n].spc2_vouch(&lu, on, now),
+                        Req::Spc2Answer(lu, still) => cs[n].spc2_answer(&lu, still, now),
                     }
                 }
                 Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
@@ -142,6 +175,12 @@ fn cluster_with_health(healths: Vec<Option<Arc<Health>>>) -> Vec<Sharing> {
                                 let _ = r.send(result.map(|()| tag));
                             }
                         }
+                        Done::Spc2Probe { tag, result, .. } => {
+                            if let Some(r) = replies.2.remove(&(n, tag)) {
+                                let _ = r.send(result);
+                            }
+                        }
+                        Done::Spc2Check { lu } => spawn_spc2_check(&hs[n], bs[n].clone(), &lu),
                     }
                 }
             }
@@ -150,10 +189,11 @@ fn cluster_with_health(healths: Vec<Option<Arc<Health>>>) -> Vec<Sharing> {
     readies
         .into_iter()
         .zip(healths)
-        .enumerate()
-        .map(|(n, (ready, health))| {
-            Sharing::with_backend(
-                Box::new(Node { n, tx: tx.clone() }),
+        .zip(holders.into_iter().zip(backends))
+        .map(|((ready, health), (holders, backend))| {
+            Sharing::with_backend_and_holders(
+                backend,
+                holders,
                 ready,
                 Duration::from_secs(3),
                 None,
@@ -399,4 +439,107 @@ fn a_stopped_lockspace_refuses_commands_and_updates_without_dlm_calls_then_serve
     assert_eq!(a.admit().unwrap().state().pr.generation, 1);
     assert_eq!(a.update(bump_generation).unwrap().0, 2);
     assert_eq!(nodes[0].lockspace_stopped_for(), None);
+}
+
+/// An LU stand-in on the vouching node: its "session" is alive or not; a
+/// check of a dead one releases the reservation through the cluster.
+#[derive(Debug)]
+struct TestHolder {
+    sync: StateSync,
+    alive: std::sync::atomic::AtomicBool,
+    checks: std::sync::atomic::AtomicUsize,
+    delay_ms: std::sync::atomic::AtomicU64,
+}
+
+impl Spc2Holder for TestHolder {
+    fn check_spc2_holder(&self) -> bool {
+        self.checks.fetch_add(1, Ordering::SeqCst);
+        thread::sleep(Duration::from_millis(self.delay_ms.load(Ordering::SeqCst)));
+        if self.alive.load(Ordering::SeqCst) {
+            return true;
+        }
+        self.sync
+            .update(|s| {
+                let mut n = s.clone();
+                n.pr.spc2_holder = None;
+                ((), Some(n), Vec::new())
+            })
+            .unwrap();
+        false
+    }
+}
+
+fn vouching_pair(dir: &Path, delay: Duration) -> (Arc<TestHolder>, StateSync) {
+    let cfg = device(dir);
+    let nodes = cluster(2);
+    let (a, _) = StateSync::open(&cfg, &nodes[0]).unwrap();
+    let (b, _) = StateSync::open(&cfg, &nodes[1]).unwrap();
+    let holder = Arc::new(TestHolder {
+        sync: a,
+        alive: true.into(),
+        checks: 0.into(),
+        delay_ms: u64::try_from(delay.as_millis()).unwrap().into(),
+    });
+    let dyn_holder: Arc<dyn Spc2Holder> = holder.clone();
+    holder
+        .sync
+        .register_spc2_holder(Arc::downgrade(&dyn_holder));
+    holder
+        .sync
+        .update(|s| {
+            let mut n = s.clone();
+            n.pr.spc2_holder = Some(nexus(1));
+            ((), Some(n), Vec::new())
+        })
+        .unwrap();
+    holder.sync.spc2_vouch(true);
+    (holder, b)
+}
+
+fn remote_holder(b: &StateSync) -> Option<Nexus> {
+    b.admit().unwrap().state().pr.spc2_holder.clone()
+}
+
+#[test]
+fn spc2_probe_asks_the_vouching_node_which_releases_a_lost_holder() {
+    let dir = tempfile::tempdir().unwrap();
+    let (holder, b) = vouching_pair(dir.path(), Duration::ZERO);
+    assert_eq!(remote_holder(&b), Some(nexus(1)));
+
+    // Alive: the probe is answered, nothing changes, the node still vouches.
+    b.spc2_probe().unwrap();
+    assert_eq!(holder.checks.load(Ordering::SeqCst), 1);
+    assert_eq!(remote_holder(&b), Some(nexus(1)));
+    b.spc2_probe().unwrap();
+    assert_eq!(
+        holder.checks.load(Ordering::SeqCst),
+        2,
+        "vouching resumed after the answer"
+    );
+
+    // Gone: the release is published before the probe completes.
+    holder.alive.store(false, Ordering::SeqCst);
+    b.spc2_probe().unwrap();
+    assert_eq!(holder.checks.load(Ordering::SeqCst), 3);
+    assert_eq!(remote_holder(&b), None);
+
+    // Nobody vouches any more: a probe is granted without asking.
+    b.spc2_probe().unwrap();
+    assert_eq!(holder.checks.load(Ordering::SeqCst), 3);
+}
+
+#[test]
+fn spc2_probe_unanswered_in_time_is_busy_and_the_conflict_stands() {
+    let dir = tempfile::tempdir().unwrap();
+    // The check takes longer than the protocol's bound (3 s here).
+    let (holder, b) = vouching_pair(dir.path(), Duration::from_secs(4));
+    assert_eq!(b.spc2_probe(), Err(ClusterError::Busy));
+    assert_eq!(holder.checks.load(Ordering::SeqCst), 1);
+    assert_eq!(remote_holder(&b), Some(nexus(1)));
+    // Once it has answered, probes work again.
+    holder.delay_ms.store(0, Ordering::SeqCst);
+    thread::sleep(Duration::from_millis(1500));
+    holder.alive.store(false, Ordering::SeqCst);
+    b.spc2_probe().unwrap();
+    assert_eq!(remote_holder(&b), None);
 }

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 use tracing::{error, info, warn};
 
 use super::state::{LuState, StateError};
-use super::sync::{Sharing, StateSync, SyncError};
+use super::sync::{Sharing, Spc2Holder, StateSync, SyncError};
 use crate::backing::Backing;
 use crate::backing::{FileBacking, FileOptions};
 use crate::cluster::store::StoreError;
@@ -352,12 +352,48 @@ impl Lu {
 
     /// If the SPC-2 reservation's I_T nexus is gone (its session ended or
     /// changed since it reserved), releases the reservation durably and
-    /// returns true.
+    /// returns true. A holder served by another node is asked about through
+    /// the cluster (`cache` module docs: SPC-2 reservation liveness).
     fn release_lost_spc2(&self) -> bool {
         let state = self.state();
         let Some(holder) = state.pr.spc2_holder.clone() else {
             return false;
         };
+        if self.view_of(&holder).is_none() {
+            return self.probe_remote_spc2(&holder);
+        }
+        self.release_local_spc2(&holder)
+    }
+
+    /// Cluster mode, the holder on another node: waits for that node to
+    /// check its session, then says whether the reservation is gone.
+    fn probe_remote_spc2(&self, holder: &pr::Nexus) -> bool {
+        if !matches!(self.sync, StateSync::Cluster(_)) {
+            return false;
+        }
+        if let Err(e) = self.sync.spc2_probe() {
+            warn!(image = %self.image.display(), error = %e, "SPC-2 holder on another node not probed; the conflict stands");
+            return false;
+        }
+        let Ok(admitted) = self.sync.admit() else {
+            return false;
+        };
+        let gone = !admitted
+            .state()
+            .pr
+            .spc2_holder
+            .as_ref()
+            .is_some_and(|h| h.matches(holder));
+        if gone {
+            info!(image = %self.image.display(), holder = ?holder.initiator, "SPC-2 reservation released by the node that served its I_T nexus");
+        }
+        gone
+    }
+
+    /// The holder is a view of this node: releases the reservation if its
+    /// session is gone.
+    fn release_local_spc2(&self, holder: &pr::Nexus) -> bool {
+        let holder = holder.clone();
         let recorded = self.spc2_session.lock().ok().and_then(|s| s.clone());
         let Some(view) = self.view_of(&holder) else {
             return false;
@@ -421,6 +457,18 @@ fn target_ports(state: &LuState) -> Vec<pr::TargetPort> {
         .collect()
 }
 
+impl Spc2Holder for Lu {
+    fn check_spc2_holder(&self) -> bool {
+        let Some(holder) = self.state().pr.spc2_holder.clone() else {
+            return false;
+        };
+        if self.view_of(&holder).is_none() {
+            return false;
+        }
+        !self.release_local_spc2(&holder)
+    }
+}
+
 /// All LUs of this node, by image path, shared by their views.
 #[derive(Debug, Default)]
 pub struct Lus {
@@ -443,6 +491,8 @@ impl Lus {
             return Ok(lu);
         }
         let lu = Arc::new(open()?);
+        let holder: Arc<dyn Spc2Holder> = lu.clone();
+        lu.sync.register_spc2_holder(Arc::downgrade(&holder));
         map.insert(key, Arc::downgrade(&lu));
         map.retain(|_, w| w.strong_count() > 0);
         Ok(lu)
@@ -882,16 +932,15 @@ impl View {
         let mut params = vec![0u8; data_out.iter().map(|s| s.len()).sum()];
         crate::backing::iov::gather(data_out, 0, &mut params);
         // Exclusive: no data command of this LU runs while the state changes.
-        let _gate = if changes {
-            Some(
+        let gate = || {
+            changes.then(|| {
                 self.lu
                     .gate
                     .write()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner),
-            )
-        } else {
-            None
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+            })
         };
+        let mut held_gate = gate();
         let (nexus, cdb_owned) = (nexus.clone(), cdb.to_vec());
         let make_run = || {
             let (nexus, cdb_owned, params) = (nexus.clone(), cdb_owned.clone(), params.clone());
@@ -919,7 +968,8 @@ impl View {
         };
         let mut result = exec();
         // A conflict with an SPC-2 reservation whose I_T nexus is gone
-        // (logout, connection loss): release it and try once more.
+        // (logout, connection loss): release it and try once more. Data
+        // commands may run meanwhile (the check may wait for another node).
         if matches!(&result, Ok((o, _)) if o.status == pr::Status::ReservationConflict)
             && self
                 .lu
@@ -928,14 +978,20 @@ impl View {
                 .spc2_holder
                 .as_ref()
                 .is_some_and(|h| !h.matches(&nexus))
-            && self.lu.release_lost_spc2()
         {
-            result = exec();
+            drop(held_gate.take());
+            if self.lu.release_lost_spc2() {
+                let _again = gate();
+                result = exec();
+            }
         }
         let reserved = matches!(cdb[0], 0x16 | 0x56)
             && matches!(&result, Ok((o, _)) if o.status == pr::Status::Good);
-        if reserved && let Ok(mut s) = self.lu.spc2_session.lock() {
-            *s = Some((nexus.clone(), self.session_token()));
+        if reserved {
+            if let Ok(mut s) = self.lu.spc2_session.lock() {
+                *s = Some((nexus.clone(), self.session_token()));
+            }
+            self.lu.sync.spc2_vouch(true);
         }
         let (out, local_uas) = match result {
             Ok(r) => r,
