@@ -7,7 +7,8 @@
 //! (see [`Lockspace::fd`]) is readable. That fits one event loop, and it is
 //! why [`Lock`] and [`Lockspace`] are neither `Send` nor `Sync`.
 //!
-//! All `unsafe` code that talks to libdlm lives in this crate.
+//! All `unsafe` code that talks to libdlm lives in this crate, as does the
+//! little of corosync's libquorum that the daemon uses ([`quorum`]).
 
 #[allow(
     non_camel_case_types,
@@ -19,6 +20,8 @@
 pub mod raw {
     include!("bindings.rs");
 }
+
+pub mod quorum;
 
 use std::cell::{Cell, UnsafeCell};
 use std::ffi::{CString, c_void};

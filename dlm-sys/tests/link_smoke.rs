@@ -23,3 +23,14 @@ fn node_check_names_the_missing_piece() {
     );
     std::fs::remove_dir_all(&tmp).unwrap();
 }
+
+#[test]
+fn libquorum_links_and_answers_with_or_without_corosync() {
+    match dlm_sys::quorum::Quorum::connect() {
+        // A build host usually runs no corosync: the library says so.
+        Err(e) => assert!(e.to_string().contains("CS_ERR"), "{e}"),
+        Ok(q) => {
+            q.quorate().unwrap();
+        }
+    }
+}

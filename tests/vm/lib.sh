@@ -62,6 +62,26 @@ need_dlm() {
   fi
 }
 
+# corosync_phantom on|off: adds (or removes) a second node that never comes
+# up to the running single-node cluster (corosync.conf + reload): with it,
+# expected votes are 2 and this node has no quorum, without a membership
+# change (dlm_controld keeps the lockspace running).
+corosync_phantom() {
+  local orig=/tmp/corosync.conf.single
+  [ -f $orig ] || cp /etc/corosync/corosync.conf $orig
+  if [ "$1" = on ]; then
+    python3 - $orig > /etc/corosync/corosync.conf <<'PY'
+import sys
+s = open(sys.argv[1]).read().rstrip()
+assert s.endswith("}"), "corosync.conf does not end with the nodelist"
+print(s[:-1] + "\tnode {\n\t\tname: phantom\n\t\tnodeid: 2\n\t\tring0_addr: 127.0.0.2\n\t}\n}")
+PY
+  else
+    cp $orig /etc/corosync/corosync.conf
+  fi
+  corosync-cfgtool -R >/dev/null
+}
+
 # tcmu_create HBA NAME CONTROL [ATTR=VALUE ...]: a TCMU backstore, enabled.
 tcmu_create() {
   local hba="$1" name="$2" control="$3"; shift 3

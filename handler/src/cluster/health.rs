@@ -20,6 +20,14 @@
 //! multipath should use another. Once the lockspace runs again, the locks
 //! this node kept are still valid (no other node can have changed the state
 //! while we held PR), so serving resumes without a restart.
+//!
+//! The same thread asks corosync's quorum service whether this node's
+//! partition is quorate. dlm_controld stops lockspaces on membership
+//! changes, not on a loss of quorum alone (expected votes raised, or a
+//! partition that keeps its members but not the majority); a node without
+//! quorum must not serve from state it cannot prove current, so an
+//! inquorate partition, or a corosync that does not answer, counts as a
+//! stop too (same grace, same answers), with its own reason.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -47,6 +55,71 @@ pub enum Probe {
     Absent,
     /// The file exists but does not read as a hex number.
     Unreadable(String),
+    /// The lockspace runs (or is absent) but this node's partition has no
+    /// quorum, or corosync does not answer; the reason says which.
+    Inquorate(String),
+}
+
+impl Probe {
+    fn stop_reason(&self, lockspace: &str) -> Option<String> {
+        match self {
+            Probe::Stopped(_) => Some(format!(
+                "lockspace {lockspace} stopped by the kernel (dlm_controld gone, or quorum or \
+                 fencing awaited)"
+            )),
+            Probe::Inquorate(why) => Some(why.clone()),
+            _ => None,
+        }
+    }
+}
+
+/// What corosync's quorum service says, for [`Probe::Inquorate`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QuorumSeen {
+    /// Quorate (or no quorum provider configured).
+    Quorate,
+    /// Not quorate, or corosync unreachable: why.
+    Not(String),
+    /// No answer this time (corosync busy): keep what was known.
+    Unknown,
+}
+
+/// Asks corosync, connecting first if needed (a failed call drops the
+/// connection so that the next one reconnects after a corosync restart).
+pub fn quorum(conn: &mut Option<dlm_sys::quorum::Quorum>) -> QuorumSeen {
+    if conn.is_none() {
+        match dlm_sys::quorum::Quorum::connect() {
+            Ok(q) => *conn = Some(q),
+            Err(e) if e.is_try_again() => return QuorumSeen::Unknown,
+            Err(e) => return QuorumSeen::Not(format!("corosync does not answer ({e})")),
+        }
+    }
+    let Some(q) = conn.as_ref() else {
+        return QuorumSeen::Unknown;
+    };
+    match q.quorate() {
+        Ok(true) => QuorumSeen::Quorate,
+        Ok(false) => QuorumSeen::Not(
+            "this node's cluster partition has no quorum (corosync votequorum)".into(),
+        ),
+        Err(e) if e.is_try_again() => QuorumSeen::Unknown,
+        Err(e) => {
+            *conn = None;
+            QuorumSeen::Not(format!("corosync does not answer ({e})"))
+        }
+    }
+}
+
+/// Combines the lockspace's probe with what corosync says: a stopped
+/// lockspace first, then quorum. `None`: no new information.
+#[must_use]
+pub fn combine(p: Probe, q: &QuorumSeen) -> Option<Probe> {
+    match (p, q) {
+        (p @ (Probe::Stopped(_) | Probe::Unreadable(_)), _) => Some(p),
+        (_, QuorumSeen::Not(why)) => Some(Probe::Inquorate(why.clone())),
+        (_, QuorumSeen::Unknown) => None,
+        (p, QuorumSeen::Quorate) => Some(p),
+    }
 }
 
 /// Parses the file's text (`ff\n`, hex without prefix).
@@ -77,7 +150,8 @@ pub fn probe(sysfs: &Path, lockspace: &str) -> Probe {
 #[derive(Debug)]
 pub struct Health {
     stopped: AtomicBool,
-    since: Mutex<Option<Instant>>,
+    /// Since when, and why, while stopped.
+    since: Mutex<Option<(Instant, String)>>,
     grace: Duration,
     lockspace: String,
 }
@@ -104,29 +178,28 @@ impl Health {
     }
 
     fn check_at(&self, now: Instant) -> Result<(), ClusterError> {
-        let since = *self
+        let since = self
             .since
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        match since {
+        match &*since {
             None => Ok(()),
-            Some(t) if now.duration_since(t) < self.grace => Err(ClusterError::Busy),
-            Some(t) => Err(ClusterError::Unavailable(format!(
-                "lockspace {} stopped by the kernel for {}s (dlm_controld gone, or quorum or \
-                 fencing awaited)",
-                self.lockspace,
-                now.duration_since(t).as_secs()
+            Some((t, _)) if now.duration_since(*t) < self.grace => Err(ClusterError::Busy),
+            Some((t, why)) => Err(ClusterError::Unavailable(format!(
+                "{why}, for {}s",
+                now.duration_since(*t).as_secs()
             ))),
         }
     }
 
-    /// `None` while running, else how long it has been stopped.
+    /// `None` while running, else how long it has been stopped and why.
     #[must_use]
-    pub fn stopped_for(&self) -> Option<Duration> {
+    pub fn stopped_for(&self) -> Option<(Duration, String)> {
         self.since
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .map(|t| t.elapsed())
+            .as_ref()
+            .map(|(t, why)| (t.elapsed(), why.clone()))
     }
 
     /// Applies a probe; returns the transition, if any, for the log.
@@ -135,12 +208,14 @@ impl Health {
             .since
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let stopped = matches!(p, Probe::Stopped(_));
+        let reason = p.stop_reason(&self.lockspace);
+        let stopped = reason.is_some();
         let was = since.is_some();
-        if stopped && !was {
-            *since = Some(now);
-        } else if !stopped && was {
-            *since = None;
+        match (reason, since.as_mut()) {
+            (Some(why), None) => *since = Some((now, why)),
+            // Still stopped, perhaps for another reason now: keep the start.
+            (Some(why), Some((_, old))) => *old = why,
+            (None, _) => *since = None,
         }
         self.stopped.store(stopped, Ordering::Release);
         (stopped != was).then_some(stopped)
@@ -155,10 +230,13 @@ pub fn watch(health: &Arc<Health>, sysfs: PathBuf) -> std::io::Result<()> {
         .name("tcmu-prd-dlmwatch".into())
         .spawn(move || {
             let mut unreadable_logged = false;
+            let mut corosync = None;
             loop {
                 std::thread::sleep(EVERY);
                 let Some(h) = weak.upgrade() else { return };
-                let p = probe(&sysfs, &h.lockspace);
+                let Some(p) = combine(probe(&sysfs, &h.lockspace), &quorum(&mut corosync)) else {
+                    continue;
+                };
                 if let Probe::Unreadable(why) = &p {
                     if !unreadable_logged {
                         warn!(lockspace = %h.lockspace, "cannot watch the lockspace's recovery state: {why}");
@@ -173,6 +251,12 @@ pub fn watch(health: &Arc<Health>, sysfs: PathBuf) -> std::io::Result<()> {
                         grace_ms = u64::try_from(h.grace.as_millis()).unwrap_or(u64::MAX),
                         "DLM lockspace stopped by the kernel (dlm_controld gone, or membership \
                          changing): commands get BUSY, then NOT READY after the grace"
+                    ),
+                    (Some(true), Probe::Inquorate(why)) => error!(
+                        lockspace = %h.lockspace,
+                        reason = %why,
+                        grace_ms = u64::try_from(h.grace.as_millis()).unwrap_or(u64::MAX),
+                        "no cluster quorum: commands get BUSY, then NOT READY after the grace"
                     ),
                     (Some(false), _) => info!(
                         lockspace = %h.lockspace,
@@ -215,6 +299,65 @@ mod tests {
             probe(dir.path(), "tcmu-prd"),
             Probe::Unreadable(_)
         ));
+    }
+
+    #[test]
+    fn quorum_combines_with_the_lockspace_probe() {
+        let not = QuorumSeen::Not("no quorum".into());
+        // A stopped lockspace says more than quorum does.
+        assert_eq!(combine(Probe::Stopped(0), &not), Some(Probe::Stopped(0)));
+        assert_eq!(
+            combine(Probe::Running, &not),
+            Some(Probe::Inquorate("no quorum".into()))
+        );
+        assert_eq!(
+            combine(Probe::Absent, &not),
+            Some(Probe::Inquorate("no quorum".into()))
+        );
+        assert_eq!(
+            combine(Probe::Running, &QuorumSeen::Quorate),
+            Some(Probe::Running)
+        );
+        // No answer from corosync: nothing new.
+        assert_eq!(combine(Probe::Running, &QuorumSeen::Unknown), None);
+        assert_eq!(
+            combine(Probe::Stopped(1), &QuorumSeen::Unknown),
+            Some(Probe::Stopped(1))
+        );
+    }
+
+    #[test]
+    fn quorum_loss_is_a_stop_with_its_own_reason_and_keeps_its_start() {
+        let h = Health::new("ls", Duration::from_secs(10));
+        let t0 = Instant::now();
+        let q = Probe::Inquorate("this node's cluster partition has no quorum".into());
+        assert_eq!(h.apply(&q, t0), Some(true));
+        assert_eq!(
+            h.check_at(t0 + Duration::from_secs(1)),
+            Err(ClusterError::Busy)
+        );
+        // The lockspace stops too: same stop, new reason, same start.
+        assert_eq!(
+            h.apply(&Probe::Stopped(0), t0 + Duration::from_secs(5)),
+            None
+        );
+        let e = h.check_at(t0 + Duration::from_secs(11)).unwrap_err();
+        assert!(
+            matches!(&e, ClusterError::Unavailable(w) if w.contains("lockspace ls stopped") && w.contains("for 11s")),
+            "{e}"
+        );
+        assert_eq!(h.apply(&q, t0 + Duration::from_secs(12)), None);
+        let e = h.check_at(t0 + Duration::from_secs(12)).unwrap_err();
+        assert!(
+            matches!(&e, ClusterError::Unavailable(w) if w.contains("no quorum")),
+            "{e}"
+        );
+        assert!(h.stopped_for().unwrap().1.contains("no quorum"));
+        assert_eq!(
+            h.apply(&Probe::Running, t0 + Duration::from_secs(13)),
+            Some(false)
+        );
+        assert_eq!(h.check(), Ok(()));
     }
 
     #[test]

@@ -387,12 +387,9 @@ fn cluster_status(
                 ctx.sharing.lockspace_stopped_for(),
             ) {
                 (Some(Err(why)), _) => ("lost", Some(why.clone())),
-                (_, Some(d)) => (
+                (_, Some((d, why))) => (
                     "stopped",
-                    Some(format!(
-                        "the kernel has stopped the lockspace for {}s (dlm_controld gone, or quorum or fencing awaited)",
-                        d.as_secs()
-                    )),
+                    Some(format!("{why}, for {}s: I/O refused", d.as_secs())),
                 ),
                 (Some(Ok(())), None) => ("joined", None),
                 (None, None) => ("unknown", None),

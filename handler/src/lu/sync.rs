@@ -346,7 +346,7 @@ impl Sharing {
     /// How long the kernel has kept the lockspace stopped (`None`: running,
     /// unwatched, or local mode), for `status`.
     #[must_use]
-    pub fn lockspace_stopped_for(&self) -> Option<Duration> {
+    pub fn lockspace_stopped_for(&self) -> Option<(Duration, String)> {
         let Sharing::Cluster(c) = self else {
             return None;
         };

@@ -38,7 +38,25 @@ check "reads served again" dd if="$sda" of=/dev/null bs=4k count=16 iflag=direct
 sg_persist -n --out --register --param-rk=0x1 --param-sark=0x2 "$sda"
 check "a PR OUT works after the restart of the lockspace" bash -c "sg_persist -n --in --read-keys $sda | grep -q 0x2"
 
-# 2. dlm_controld dies: the kernel stops the lockspace ("no userland
+# 2. Quorum lost without a membership change (a node that never comes up
+# added to the configuration: expected votes 2): dlm_controld keeps the
+# lockspace running, but a node without quorum must not serve; corosync
+# says so, the daemon refuses, and serves again once quorate.
+corosync_phantom on
+wait_for 10 "d1 saw the quorum go" grep -q "no cluster quorum" "$ART/d1.log"
+check_eq "lockspace still running (recover_status)" ff "$(cat /sys/kernel/dlm/tcmu-prd/recover_status)"
+sleep 4   # past the grace
+out=$(tur); echo "$out"
+check "TEST UNIT READY without quorum: NOT READY, manual intervention required" grep -qi "manual intervention required" <<<"$out"
+check_fails "writes fail without quorum" dd if=/dev/zero of="$sda" bs=4k count=1 oflag=direct status=none
+"$TCMU_PRD" status --socket "$sock" | tee "$ART/status-inquorate.txt"
+check "status says why" grep -q "no quorum" "$ART/status-inquorate.txt"
+corosync_phantom off
+wait_for 20 "d1 serves again once quorate" bash -c "[ \$(grep -c 'DLM lockspace running again' $ART/d1.log) -ge 2 ]"
+wait_for 20 "TEST UNIT READY succeeds with quorum back" sg_turs "$sda"
+check "reads served with quorum back" dd if="$sda" of=/dev/null bs=4k count=16 iflag=direct status=none
+
+# 3. dlm_controld dies: the kernel stops the lockspace ("no userland
 # control daemon"); this node is out of the cluster until it is restarted
 # (dlm_controld refuses to come back while an uncontrolled lockspace exists):
 # I/O is refused, never served from the cached state.
@@ -49,7 +67,7 @@ out=$(tur); echo "$out"
 check "TEST UNIT READY after dlm_controld died: NOT READY, manual intervention required" grep -qi "manual intervention required" <<<"$out"
 check_fails "writes fail after dlm_controld died" dd if=/dev/zero of="$sda" bs=4k count=1 oflag=direct status=none
 "$TCMU_PRD" status --socket "$sock" | tee "$ART/status-stopped.txt"
-check "status explains the stop" grep -q "lockspace tcmu-prd: stopped (the kernel has stopped the lockspace" "$ART/status-stopped.txt"
+check "status explains the stop" grep -q "lockspace tcmu-prd: stopped (lockspace tcmu-prd stopped by the kernel" "$ART/status-stopped.txt"
 # A process holding locks in a stopped lockspace cannot finish exiting (the
 # kernel releases its locks only once the lockspace runs): a node in this
 # state is rebooted. Here, start the lockspace by hand (as dlm_controld
