@@ -8,9 +8,13 @@
 //! holds stay granted, so a node serving from its cached state would keep
 //! serving while nobody can tell whether the rest of the cluster has moved
 //! on. `/sys/kernel/dlm/<lockspace>/recover_status` shows it: the kernel
-//! clears it when it stops the lockspace and sets `DLM_RS_DONE_ALL` (0x80)
-//! when recovery has finished (seen on 6.1: `ff` running, `0` after
-//! dlm_controld was killed).
+//! clears it when it stops the lockspace (`dlm_ls_stop`) and sets
+//! `DLM_RS_DONE` (0x40) once this node's part of recovery has finished.
+//! The `*_ALL` bits (`DLM_RS_DONE_ALL`, 0x80) are set only on the node with
+//! the lowest node id (fs/dlm/recover.c `wait_status`; the others poll that
+//! node instead), so they must not be what "running" means. (The two-guest
+//! VM tier records both nodes' values: node 1, the lowest, shows `ff`; `0`
+//! after dlm_controld was killed.)
 //!
 //! A watchdog thread reads that file every [`EVERY`] and keeps a [`Health`]
 //! every command checks with one atomic load. A stop shorter than the grace
@@ -40,8 +44,9 @@ use super::cache::ClusterError;
 
 /// How often the watchdog reads `recover_status`.
 pub const EVERY: Duration = Duration::from_millis(500);
-/// `DLM_RS_DONE_ALL`: every node finished recovery; the lockspace runs.
-pub const DONE_ALL: u32 = 0x80;
+/// `DLM_RS_DONE`: this node finished recovery; the lockspace runs (or is
+/// about to, once every node is done).
+pub const DONE: u32 = 0x40;
 
 /// What `recover_status` says.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -137,7 +142,7 @@ pub fn probe(sysfs: &Path, lockspace: &str) -> Probe {
         .join("recover_status");
     match std::fs::read_to_string(&f) {
         Ok(t) => match parse(&t) {
-            Ok(s) if s & DONE_ALL != 0 => Probe::Running,
+            Ok(s) if s & DONE != 0 => Probe::Running,
             Ok(s) => Probe::Stopped(s),
             Err(e) => Probe::Unreadable(format!("{}: {e}", f.display())),
         },
@@ -292,8 +297,12 @@ mod tests {
         assert_eq!(probe(dir.path(), "tcmu-prd"), Probe::Running);
         std::fs::write(ls.join("recover_status"), "0\n").unwrap();
         assert_eq!(probe(dir.path(), "tcmu-prd"), Probe::Stopped(0));
-        std::fs::write(ls.join("recover_status"), "7f\n").unwrap();
-        assert_eq!(probe(dir.path(), "tcmu-prd"), Probe::Stopped(0x7f));
+        // A node other than the lowest id never sets the *_ALL bits.
+        std::fs::write(ls.join("recover_status"), "55\n").unwrap();
+        assert_eq!(probe(dir.path(), "tcmu-prd"), Probe::Running);
+        // Recovery under way: directory done, locks not yet.
+        std::fs::write(ls.join("recover_status"), "f\n").unwrap();
+        assert_eq!(probe(dir.path(), "tcmu-prd"), Probe::Stopped(0xf));
         std::fs::write(ls.join("recover_status"), "what\n").unwrap();
         assert!(matches!(
             probe(dir.path(), "tcmu-prd"),
