@@ -14,7 +14,7 @@
 //! | `direct` | `0`/`1` | `1` | open the image with O_DIRECT (shared storage: no page cache between nodes) |
 //! | `grow` | `0`/`1` | `0` | a `dev_size` larger than the image extends the file; otherwise it is refused |
 //! | `ro` | `0`/`1` | `0` | open read-only and report the LU write-protected; excludes `grow=1` |
-//! | `state` | absolute path | `<image>.tcmu-prd-state` | durable PR state store (must be on storage every node sees) |
+//! | `state` | absolute path | `<image>.tcmu-prd-state` | durable PR state store (must be on storage every node sees): a file, or a block device of at least 512 KiB (a small shared LUN) |
 //! | `serial` | 1–32 of `[A-Za-z0-9._-]` | from the state store | unit serial number (VPD 0x80) and seed of the NAA/T10 designators; set it to keep an LU's identity when the image moves |
 //!
 //! No separate `lu=` key: the serial is the one identity input, so two keys
@@ -300,9 +300,22 @@ pub fn check(cfg: &DeviceConfig) -> Result<(), String> {
         ));
     }
     match std::fs::metadata(&cfg.state) {
+        // A raw shared disk (no cluster file system) holds the state too.
+        Ok(m) if m.file_type().is_block_device() => {
+            let need = 2 * crate::cluster::store::SLOT_SIZE as u64;
+            let size = std::fs::File::open(&cfg.state)
+                .and_then(|mut f| std::io::Seek::seek(&mut f, std::io::SeekFrom::End(0)))
+                .map_err(|e| format!("state {}: {e}", cfg.state.display()))?;
+            if size < need {
+                return Err(format!(
+                    "state {}: block device of {size} bytes, the state store needs {need}",
+                    cfg.state.display()
+                ));
+            }
+        }
         Ok(m) if !m.is_file() => {
             return Err(format!(
-                "state {}: exists and is not a regular file",
+                "state {}: exists and is neither a regular file nor a block device",
                 cfg.state.display()
             ));
         }
@@ -456,7 +469,10 @@ mod tests {
             t.path().display()
         )))
         .unwrap_err();
-        assert!(e.contains("exists and is not a regular file"), "{e}");
+        assert!(
+            e.contains("exists and is neither a regular file nor a block device"),
+            "{e}"
+        );
         // read-only image needs ro=1
         let mut p = std::fs::metadata(&img).unwrap().permissions();
         p.set_readonly(true);

@@ -505,8 +505,14 @@ pub enum StateSync {
     Cluster(ClusterSync),
 }
 
-/// Whether the store may use O_DIRECT: tmpfs (tests) has none.
+/// Whether the store may use O_DIRECT: tmpfs (tests) has none. A block
+/// device always does (and must: its page cache would hide other nodes'
+/// writes), though its node lives on devtmpfs.
 fn store_direct(path: &Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    if std::fs::metadata(path).is_ok_and(|m| m.file_type().is_block_device()) {
+        return true;
+    }
     let dir = path.parent().unwrap_or(Path::new("/"));
     rustix::fs::statfs(dir)
         .map(|s| s.f_type != 0x0102_1994)
