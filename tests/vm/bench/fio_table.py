@@ -7,7 +7,9 @@ import os
 import sys
 
 NAMES = {"a": "LIO fileio (in-kernel)", "b": "tcmu-prd dlmfile", "c": "tcmu-prd, WERO + 100 registrants",
-         "d": "tcmu-prd, cluster mode (DLM)"}
+         "d": "tcmu-prd, cluster mode (DLM)", "i": "LIO iblock (direct-I/O loop device)",
+         "e": "tcmu-prd dlmfile, direct=0 (page cache)", "w": "tcmu-prd dlmfile, worker_threads = 32",
+         "o": "tcmu-prd dlmfile, the binary before the change"}
 
 
 def load(path):
@@ -31,7 +33,7 @@ def main():
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
     for w in workloads:
         base = rows.get((w, "a"))
-        for label in "abcd":
+        for label in "aibwedo":
             r = rows.get((w, label))
             if not r:
                 continue
