@@ -2,14 +2,14 @@
 
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 
-use mio::Waker;
+use crossbeam_channel::Sender;
+use mio::{Token, Waker};
 use tracing::{debug, error, info, warn};
 
 use super::pool::Job;
-use super::serve::uio_dev_path;
+use super::serve::{Done, uio_dev_path};
 use crate::config::{Config, DeviceConfig};
 use crate::configfs::{DeviceDir, ResetRing};
 use crate::lu::{Lu, Lus, Resolver, Sharing, View};
@@ -50,64 +50,13 @@ impl DeviceError {
     }
 }
 
-/// The part of a device that worker threads use to complete commands.
-///
-/// Workers write their own completions into the ring and publish them: a
-/// command costs one hand-off (event loop -> worker), not two. Completions
-/// that finish together are combined: a worker publishes the tail (one
-/// doorbell write for every completion so far) unless another worker is
-/// completing at the same moment, which then publishes for both. A finished
-/// command never waits for one that is still queued or running: that one
-/// may take seconds (a PR OUT waiting for the cluster lock).
-#[derive(Debug)]
-struct Completer {
-    id: String,
-    ring: Mutex<Ring>,
-    /// Workers between "about to complete" and "completed".
-    completing: AtomicUsize,
-    /// The event loop waits for this device to go idle (removal, shutdown):
-    /// workers wake it after each completion.
-    wake_when_idle: AtomicBool,
-    waker: Arc<Waker>,
-}
-
-impl Completer {
-    fn ring(&self) -> MutexGuard<'_, Ring> {
-        // A panic while holding the lock cannot leave the ring half-updated
-        // in a way a later user could make worse: keep serving.
-        self.ring.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Completes one command and, unless another worker is about to complete
-    /// one too (and will publish both), publishes the tail.
-    fn complete(&self, cmd: InFlightCmd, rsp: &Response) {
-        self.completing.fetch_add(1, Ordering::SeqCst);
-        let mut ring = self.ring();
-        if let Err(e) = ring.complete(cmd, rsp) {
-            error!(device = %self.id, "completing a command: {e}");
-        }
-        // Under the lock: the worker whose decrement reaches zero completed
-        // last, after everyone counted before it (whoever counted itself
-        // later completes, and decides, after us). So the last completion
-        // always publishes, and none is left unpublished.
-        let last = self.completing.fetch_sub(1, Ordering::SeqCst) == 1;
-        if last && let Err(e) = ring.flush() {
-            error!(device = %self.id, "waking the kernel for completions: {e}");
-        }
-        drop(ring);
-        if self.wake_when_idle.load(Ordering::SeqCst) {
-            let _ = self.waker.wake();
-        }
-    }
-}
-
 /// A device we serve.
 #[derive(Debug)]
 pub struct Device {
     id: TcmuName,
     minor: u32,
     uio: Arc<UioFd>,
-    completer: Arc<Completer>,
+    ring: Ring,
     view: Arc<View>,
     cfg: DeviceConfig,
     /// Set when the kernel asked to remove the device: the DEVICE_ID to answer
@@ -123,9 +72,8 @@ impl Device {
         lus: &Lus,
         resolver: &Resolver,
         sharing: &Sharing,
-        waker: Arc<Waker>,
     ) -> Result<Self, DeviceError> {
-        Self::open(dev, config, lus, resolver, sharing, waker, false)
+        Self::open(dev, config, lus, resolver, sharing, false)
     }
 
     /// Serves a device enabled before we started: its ring may hold entries a
@@ -137,9 +85,8 @@ impl Device {
         lus: &Lus,
         resolver: &Resolver,
         sharing: &Sharing,
-        waker: Arc<Waker>,
     ) -> Result<Self, DeviceError> {
-        Self::open(dev, config, lus, resolver, sharing, waker, true)
+        Self::open(dev, config, lus, resolver, sharing, true)
     }
 
     fn open(
@@ -148,7 +95,6 @@ impl Device {
         lus: &Lus,
         resolver: &Resolver,
         sharing: &Sharing,
-        waker: Arc<Waker>,
         recover: bool,
     ) -> Result<Self, DeviceError> {
         let id = dev.id.clone();
@@ -231,16 +177,10 @@ impl Device {
         }
         info!(device = %id, uio = dev.minor, map_size = size, recovered = recover, cfg = %id.cfgstring, "opened");
         Ok(Device {
-            completer: Arc::new(Completer {
-                id: id.to_string(),
-                ring: Mutex::new(ring),
-                completing: AtomicUsize::new(0),
-                wake_when_idle: AtomicBool::new(false),
-                waker,
-            }),
             id,
             minor: dev.minor,
             uio,
+            ring,
             view,
             cfg,
             removal: None,
@@ -259,20 +199,12 @@ impl Device {
         self.uio.as_fd().as_raw_fd()
     }
 
-    /// The ring, locked against completing workers (briefly: they only
-    /// write a response and maybe the tail).
-    pub fn ring(&self) -> MutexGuard<'_, Ring> {
-        self.completer.ring()
+    pub fn ring_mut(&mut self) -> &mut Ring {
+        &mut self.ring
     }
 
     pub fn in_flight(&self) -> usize {
-        self.ring().in_flight()
-    }
-
-    /// From now on every completion wakes the event loop, which waits for
-    /// this device to go idle (removal, shutdown).
-    pub fn wake_when_idle(&self) {
-        self.completer.wake_when_idle.store(true, Ordering::SeqCst);
+        self.ring.in_flight()
     }
 
     /// For `tcmu-prd status` (cheap: a name, counters and an `Arc`).
@@ -280,7 +212,7 @@ impl Device {
         super::control::DeviceSnap {
             name: self.id.to_string(),
             minor: self.minor,
-            in_flight: self.in_flight(),
+            in_flight: self.ring.in_flight(),
             view: self.view.clone(),
         }
     }
@@ -294,15 +226,15 @@ impl Device {
         }
     }
 
-    /// The worker job for one command: execute, complete, publish.
-    pub fn job(&self, cmd: InFlightCmd) -> Job {
+    /// The worker job for one command.
+    pub fn job(&self, cmd: InFlightCmd, token: Token, tx: Sender<Done>, waker: Arc<Waker>) -> Job {
         let view = self.view.clone();
-        let completer = self.completer.clone();
         Box::new(move || {
             let mut cmd = cmd;
             let rsp = execute(&view, &mut cmd);
-            tracing::trace!(device = %completer.id, cmd_id = cmd.cmd_id(), "completing");
-            completer.complete(cmd, &rsp);
+            if tx.send(Done { token, cmd, rsp }).is_ok() {
+                let _ = waker.wake();
+            }
         })
     }
 
@@ -324,10 +256,15 @@ impl Device {
         None
     }
 
-    /// Publishes completions the event loop itself made (malformed entries
-    /// answered while reading the ring), if any: one tail update, one wake-up.
-    pub fn flush(&self) {
-        if let Err(e) = self.ring().flush() {
+    pub fn complete(&mut self, cmd: InFlightCmd, rsp: &Response) {
+        if let Err(e) = self.ring.complete(cmd, rsp) {
+            error!(device = %self.id, "completing a command: {e}");
+        }
+    }
+
+    /// Publishes completed commands to the kernel (one tail update, one wake-up).
+    pub fn flush(&mut self) {
+        if let Err(e) = self.ring.flush() {
             error!(device = %self.id, "waking the kernel for completions: {e}");
         }
     }
@@ -336,13 +273,11 @@ impl Device {
     /// or None if commands are still in flight (answered by `removal_ready`).
     pub fn begin_removal(&mut self, device_id: u32) -> Option<u32> {
         self.removal = Some(device_id);
-        // Before looking at the count: a completion after the look wakes us.
-        self.wake_when_idle();
         self.removal_ready()
     }
 
     pub fn removal_ready(&mut self) -> Option<u32> {
-        if self.removal.is_some() && self.in_flight() == 0 {
+        if self.ring.in_flight() == 0 {
             self.removal.take()
         } else {
             None
@@ -412,79 +347,5 @@ fn execute(view: &View, cmd: &mut InFlightCmd) -> Response {
         rsp.read_len(r.data_in_len)
     } else {
         rsp
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::ring::sim::{Dir, SimKernel};
-    use crate::ring::{Event, Response};
-    use mio::{Poll, Token};
-
-    /// Workers completing at the same moment: every completion reaches the
-    /// kernel (nothing is left unpublished), each exactly once, and bursts
-    /// share doorbell writes.
-    #[test]
-    fn concurrent_completions_are_all_published() {
-        for round in 0..40 {
-            let mut sim = SimKernel::new(16384, 128, 512);
-            let poll = Poll::new().unwrap();
-            let waker = Arc::new(Waker::new(poll.registry(), Token(0)).unwrap());
-            let completer = Arc::new(Completer {
-                id: "user_1/test".into(),
-                ring: Mutex::new(sim.ring()),
-                completing: AtomicUsize::new(0),
-                wake_when_idle: AtomicBool::new(round % 2 == 0),
-                waker,
-            });
-            let n = 96;
-            for _ in 0..n {
-                sim.submit(&[0x00, 0, 0, 0, 0, 0], Dir::None).unwrap();
-            }
-            let mut cmds = Vec::new();
-            while let Some(ev) = completer.ring().poll() {
-                match ev {
-                    Ok(Event::Command(c)) => cmds.push(c),
-                    other => panic!("unexpected {other:?}"),
-                }
-            }
-            assert_eq!(cmds.len(), n);
-            // Dealt out round-robin to six worker threads.
-            let mut workers: Vec<Vec<InFlightCmd>> = (0..6).map(|_| Vec::new()).collect();
-            for (i, c) in cmds.into_iter().enumerate() {
-                workers[i % 6].push(c);
-            }
-            let handles: Vec<_> = workers
-                .into_iter()
-                .map(|mine| {
-                    let completer = completer.clone();
-                    std::thread::spawn(move || {
-                        for c in mine {
-                            completer.complete(c, &Response::with_status(0));
-                        }
-                    })
-                })
-                .collect();
-            for h in handles {
-                h.join().unwrap();
-            }
-            assert_eq!(completer.completing.load(Ordering::SeqCst), 0);
-            let mut ring = completer.ring();
-            assert_eq!(ring.in_flight(), 0);
-            // Nothing left to publish: the last completer flushed.
-            assert!(
-                !ring.flush().unwrap(),
-                "round {round}: completions left unpublished"
-            );
-            drop(ring);
-            assert_eq!(sim.handle_completions(), n, "round {round}");
-            assert!(sim.broken().is_none(), "{:?}", sim.broken());
-            let kicks = sim.kicks();
-            assert!(
-                (1..=n).contains(&kicks),
-                "round {round}: {kicks} doorbell writes"
-            );
-        }
     }
 }

@@ -1,6 +1,6 @@
 //! A fixed pool of worker threads for command execution (file I/O and
 //! emulation), fed through one multi-consumer queue. The event loop never
-//! blocks on I/O; workers complete their commands into the ring themselves.
+//! blocks on I/O; workers report back through their own channel + waker.
 
 use std::thread::JoinHandle;
 

@@ -1,11 +1,10 @@
 //! `tcmu-prd run`: the event loop.
 //!
-//! One thread owns the netlink socket, reads every ring and the signal pipe,
-//! and waits on them with mio. Commands go to the worker pool; a worker
-//! executes the command, writes its completion into the ring and publishes
-//! it (completions that finish together are published with one tail update
-//! and one uio write). The loop hears from workers only while it waits for
-//! a device to go idle (removal, shutdown).
+//! One thread owns the netlink socket, every ring and the signal pipe, and
+//! waits on them with mio. Commands go to the worker pool; workers send the
+//! finished command back through a channel and wake the loop, which writes
+//! the completions into the ring and publishes each ring's batch with one
+//! tail update and one uio write.
 
 use std::collections::HashMap;
 use std::io;
@@ -13,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Receiver;
+use crossbeam_channel::{Receiver, Sender};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
@@ -28,7 +27,7 @@ use crate::config::{ClusterMode, Config};
 use crate::configfs::ModuleParams;
 use crate::lu::{Lus, Resolver, Sharing};
 use crate::netlink::{EventKind, Received, TcmuNetlink};
-use crate::ring::Event as RingEvent;
+use crate::ring::{Event as RingEvent, InFlightCmd, Response};
 use crate::uio::{self, TcmuName};
 
 const NETLINK: Token = Token(0);
@@ -38,6 +37,13 @@ const FIRST_DEVICE: usize = 16;
 
 /// Our handler subtype: what `dev_config=<subtype>/...` names.
 pub const SUBTYPE: &str = "dlmfile";
+
+/// A command finished by a worker.
+pub(super) struct Done {
+    pub token: Token,
+    pub cmd: InFlightCmd,
+    pub rsp: Response,
+}
 
 /// Why the daemon could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +83,8 @@ pub(super) struct Daemon {
     opts: RunOptions,
     poll: Poll,
     waker: Arc<Waker>,
+    done_tx: Sender<Done>,
+    done_rx: Receiver<Done>,
     netlink: TcmuNetlink,
     signals: Signals,
     pool: Pool,
@@ -109,6 +117,7 @@ impl Daemon {
         let poll = Poll::new().map_err(io_err("creating the event loop"))?;
         let waker =
             Arc::new(Waker::new(poll.registry(), WAKER).map_err(io_err("creating the waker"))?);
+        let (done_tx, done_rx) = crossbeam_channel::unbounded();
         let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP])
             .map_err(io_err("installing signal handlers"))?;
         poll.registry()
@@ -156,6 +165,8 @@ impl Daemon {
             opts,
             poll,
             waker,
+            done_tx,
+            done_rx,
             netlink,
             signals,
             pool,
@@ -192,7 +203,6 @@ impl Daemon {
                 &self.lus,
                 &self.resolver,
                 &self.sharing,
-                self.waker.clone(),
             ) {
                 Ok(device) => self.insert(device),
                 Err(e) => error!(device = %dev.id, "cannot serve: {e}"),
@@ -217,6 +227,9 @@ impl Daemon {
         // Entries may already be waiting (adopted ring).
         self.devices.insert(token, device);
         self.drain_ring(token);
+        if let Some(d) = self.devices.get_mut(&token) {
+            d.flush();
+        }
     }
 
     fn remove(&mut self, token: Token) -> Option<Device> {
@@ -239,13 +252,11 @@ impl Daemon {
         };
         dev.ack_wakeup();
         let mut n = 0usize;
-        loop {
-            // The lock only for reading one entry: workers complete meanwhile.
-            let Some(ev) = dev.ring().poll() else { break };
+        while let Some(ev) = dev.ring_mut().poll() {
             n += 1;
             match ev {
                 Ok(RingEvent::Command(cmd)) => {
-                    let job = dev.job(cmd);
+                    let job = dev.job(cmd, token, self.done_tx.clone(), self.waker.clone());
                     if self.pool.submit(job).is_err() {
                         error!(device = %dev.id(), "worker pool is gone; command left unanswered");
                     }
@@ -261,23 +272,31 @@ impl Daemon {
             }
         }
         tracing::trace!(device = %dev.id(), entries = n, "ring drained");
-        // Malformed entries were answered while reading: publish those.
-        dev.flush();
-        let broken = dev.ring().broken().map(ToString::to_string);
-        if let Some(broken) = broken {
+        if let Some(broken) = dev.ring_mut().broken().map(ToString::to_string) {
             error!(device = %dev.id(), "ring is broken, no longer reading it: {broken}");
         }
     }
 
-    /// Devices being removed whose last command has completed.
-    fn finish_idle_removals(&mut self) {
-        let ready: Vec<(Token, u32)> = self
-            .devices
-            .iter_mut()
-            .filter_map(|(t, d)| d.removal_ready().map(|r| (*t, r)))
-            .collect();
-        for (t, reply) in ready {
-            self.finish_removal(t, reply);
+    fn complete_done(&mut self) {
+        let mut touched = Vec::new();
+        while let Ok(done) = self.done_rx.try_recv() {
+            let Some(dev) = self.devices.get_mut(&done.token) else {
+                warn!("completion for a device that is gone");
+                continue;
+            };
+            tracing::trace!(device = %dev.id(), cmd_id = done.cmd.cmd_id(), "completing");
+            dev.complete(done.cmd, &done.rsp);
+            touched.push(done.token);
+        }
+        touched.sort_unstable();
+        touched.dedup();
+        for t in touched {
+            if let Some(dev) = self.devices.get_mut(&t) {
+                dev.flush();
+                if let Some(reply) = dev.removal_ready() {
+                    self.finish_removal(t, reply);
+                }
+            }
         }
     }
 
@@ -350,7 +369,6 @@ impl Daemon {
                     &self.lus,
                     &self.resolver,
                     &self.sharing,
-                    self.waker.clone(),
                 ) {
                     Ok(device) => {
                         self.insert(device);
@@ -405,9 +423,6 @@ impl Daemon {
                     let inflight: usize = self.devices.values().map(Device::in_flight).sum();
                     info!(inflight, "stopping: draining in-flight commands");
                     let _ = notify::notify("STOPPING=1");
-                    for d in self.devices.values() {
-                        d.wake_when_idle();
-                    }
                     self.stopping = Some(Instant::now());
                 }
                 SIGHUP => self.reload(),
@@ -475,10 +490,11 @@ impl Daemon {
                 match ev.token() {
                     NETLINK => self.on_netlink(),
                     SIGNALS => self.on_signals(),
-                    WAKER => self.finish_idle_removals(),
+                    WAKER => {}
                     t => self.drain_ring(t),
                 }
             }
+            self.complete_done();
             control::answer(&self.control_rx, || control::LoopSnap {
                 devices: self.devices.values().map(Device::snapshot).collect(),
                 stopping: self.stopping.is_some(),

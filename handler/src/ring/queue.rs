@@ -405,8 +405,8 @@ impl Ring {
             return Ok(false);
         }
         // Release: the response bytes written into the entries, and data-in the
-        // workers wrote (ordered before us by the ring's lock, or by the
-        // channel that returned the command), must be visible before the kernel sees the new tail.
+        // workers wrote (ordered before us by the channel that returned the
+        // command), must be visible before the kernel sees the new tail.
         self.map.cmd_tail().store(self.tail, Ordering::Release);
         self.published = self.tail;
         self.doorbell.notify()?;
