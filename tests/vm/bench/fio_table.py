@@ -12,9 +12,9 @@ import sys
 
 NAMES = {"a": "LIO fileio (in-kernel)", "b": "tcmu-prd dlmfile", "c": "tcmu-prd, WERO + 100 registrants",
          "d": "tcmu-prd, cluster mode (DLM)", "i": "LIO iblock (direct-I/O loop device)",
-         "e": "tcmu-prd dlmfile, direct=0 (page cache)", "w": "tcmu-prd dlmfile, worker_threads = 8",
+         "w": "tcmu-prd dlmfile, worker_threads = 8",
          "o": "tcmu-prd dlmfile, the binary before the change"}
-ORDER = "aiobcdwe"
+ORDER = "aiobcdw"
 
 
 def load(path):

@@ -1,4 +1,4 @@
-# Benchmark (not part of the default VM run): A/B of the data path in ONE boot, each job repeated 3 times interleaved (so drift in the emulator hits every row alike): (a) LIO fileio, (i) LIO iblock on a direct-I/O loop device, (o) the binary at target/bench-old/tcmu-prd (the "before" of a change; skipped if absent), (b) this build, (w) this build with worker_threads = 8; the table shows the median of the repeats and the IOPS range
+# Benchmark (not part of the default VM run): A/B of the data path in ONE boot, each job repeated 3 times interleaved (so drift in the emulator hits every row alike): (a) LIO fileio, (i) LIO iblock on a direct-I/O loop device, (o) the binary at target/bench-old/tcmu-prd (the "before" of a change, built by tests/vm/bench/build-old REV; skipped if absent), (b) this build, (w) this build with worker_threads = 8; the table shows the median of the repeats and the IOPS range
 #   tests/vm/run tests/vm/bench/profile.sh     (FIO_RUNTIME=seconds per job, default 5)
 # Guest perf (cpu-clock) is useless under TCG: 99 % of the samples land in the idle loop (BENCHMARKS.md), so it is not run here.
 . "$VM_LIB"
