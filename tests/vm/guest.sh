@@ -15,6 +15,9 @@ SCEN_TIMEOUT="${VM_SCENARIO_TIMEOUT:-900}"
 # shellcheck source=lib.sh
 . "$VM_LIB"
 
+# Benchmark knobs from the host (tests/vm/run writes them).
+# shellcheck source=/dev/null
+[ ! -f "$RESULTS/bench.env" ] || . "$RESULTS/bench.env"
 uname -a > "$RESULTS/guest-uname"
 while read -r script; do
   name=$(basename "$script" .sh)
