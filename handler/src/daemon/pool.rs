@@ -2,9 +2,9 @@
 //! emulation), fed through one multi-consumer queue. The event loop never
 //! blocks on I/O; workers report back through their own channel + waker.
 
-use std::collections::VecDeque;
-use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
+
+use crossbeam_channel::{Receiver, Sender};
 
 /// A unit of work.
 pub type Job = Box<dyn FnOnce() + Send + 'static>;
@@ -12,94 +12,39 @@ pub type Job = Box<dyn FnOnce() + Send + 'static>;
 /// Worker threads that run submitted jobs until the pool is shut down.
 #[derive(Debug)]
 pub struct Pool {
-    shared: Arc<Shared>,
+    tx: Option<Sender<Job>>,
     threads: Vec<JoinHandle<()>>,
-}
-
-/// The queue. A worker with nothing to do sleeps on the condvar at once:
-/// crossbeam's receive spun with `sched_yield` first (4 calls per command
-/// in the VM trace), which costs CPU the other threads need.
-#[derive(Debug, Default)]
-struct Shared {
-    q: Mutex<Queue>,
-    cv: Condvar,
-}
-
-#[derive(Default)]
-struct Queue {
-    jobs: VecDeque<Job>,
-    closed: bool,
-}
-
-impl std::fmt::Debug for Queue {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Queue")
-            .field("jobs", &self.jobs.len())
-            .field("closed", &self.closed)
-            .finish()
-    }
-}
-
-impl Shared {
-    /// The next job, or `None` once the pool is closed and drained.
-    fn next(&self) -> Option<Job> {
-        let mut q = self
-            .q
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        loop {
-            if let Some(job) = q.jobs.pop_front() {
-                return Some(job);
-            }
-            if q.closed {
-                return None;
-            }
-            q = self
-                .cv
-                .wait(q)
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-        }
-    }
 }
 
 impl Pool {
     /// Starts `n` (at least one) workers named `<name>-<i>`.
     pub fn new(n: usize, name: &str) -> std::io::Result<Self> {
-        let shared = Arc::new(Shared::default());
-        let mut pool = Pool {
-            shared,
-            threads: Vec::new(),
-        };
+        let (tx, rx): (Sender<Job>, Receiver<Job>) = crossbeam_channel::unbounded();
+        let mut threads = Vec::new();
         for i in 0..n.max(1) {
-            let shared = pool.shared.clone();
-            // On error, dropping `pool` stops the workers already started.
-            pool.threads.push(
+            let rx = rx.clone();
+            threads.push(
                 std::thread::Builder::new()
                     .name(format!("{name}-{i}"))
                     .spawn(move || {
-                        while let Some(job) = shared.next() {
+                        while let Ok(job) = rx.recv() {
                             job();
                         }
                     })?,
             );
         }
-        Ok(pool)
+        Ok(Pool {
+            tx: Some(tx),
+            threads,
+        })
     }
 
     /// Queues a job. Fails (returning it) only after shutdown began.
     pub fn submit(&self, job: Job) -> Result<(), Job> {
-        let mut q = self
-            .shared
-            .q
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if q.closed {
-            return Err(job);
+        match &self.tx {
+            Some(tx) => tx.send(job).map_err(|e| e.into_inner()),
+            None => Err(job),
         }
-        q.jobs.push_back(job);
-        drop(q);
-        self.shared.cv.notify_one();
-        Ok(())
     }
 
     /// Number of worker threads.
@@ -114,12 +59,7 @@ impl Pool {
     }
 
     fn stop(&mut self) {
-        self.shared
-            .q
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .closed = true;
-        self.shared.cv.notify_all();
+        self.tx.take();
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
