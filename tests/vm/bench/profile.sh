@@ -2,30 +2,24 @@
 #   tests/vm/run tests/vm/bench/profile.sh     (FIO_RUNTIME=seconds per job, default 5)
 # Guest perf (cpu-clock) is useless under TCG: 99 % of the samples land in the idle loop (BENCHMARKS.md), so it is not run here.
 . "$VM_LIB"
+. "$ROOT/tests/vm/bench/lib.sh"
 need_target
-SCRATCH_SIZE=1200M need_scratch
+bench_scratch
 RT="${FIO_RUNTIME:-5}"
 REPS=3
 SIZE=$((160 << 20))
 OLD="$ROOT/target/bench-old/tcmu-prd"
 LABELS="a i b w"
 [ -x "$OLD" ] && LABELS="a i o b w"
-for i in $LABELS; do
-  dd if=/dev/zero of=$SCRATCH/$i.img bs=1M count=$((SIZE >> 20)) oflag=direct status=none
-done
-lun_of() { loop_tpg "$1" "$2"; loop_lun "$1" 0 "$3"; }
-
-mkdir -p $TARGET/core/fileio_0/a
-echo "fd_dev_name=$SCRATCH/a.img,fd_dev_size=$SIZE" > $TARGET/core/fileio_0/a/control
-echo 1 > $TARGET/core/fileio_0/a/enable
+bench_images $SIZE $LABELS
 declare -A dev
-dev[a]=$(lun_of naa.5001405000000a01 naa.5001405000000a02 $TARGET/core/fileio_0/a)
+dev[a]=$(bench_fileio $SIZE)
 
 loopdev=$(losetup --direct-io=on -f --show $SCRATCH/i.img)
 mkdir -p $TARGET/core/iblock_0/i
 echo "udev_path=$loopdev" > $TARGET/core/iblock_0/i/control
 echo 1 > $TARGET/core/iblock_0/i/enable
-dev[i]=$(lun_of naa.5001405000000c01 naa.5001405000000c02 $TARGET/core/iblock_0/i)
+dev[i]=$(bench_lun naa.5001405000000c01 naa.5001405000000c02 $TARGET/core/iblock_0/i)
 
 # One daemon per hba: 1 = this build (b), 2 = this build with 8 workers (w),
 # 3 = the old binary (o).
@@ -38,9 +32,7 @@ TCMU_PRD_LOG=info daemon_start w8 --config "$ART/w8.toml"
 if [ -x "$OLD" ]; then TCMU_PRD="$OLD" TCMU_PRD_LOG=info daemon_start old --config "$ART/old.toml"; fi
 declare -A hex=([b]=b [w]=f [o]=d)
 user() {  # LABEL HBA
-  local h=${hex[$1]}
-  tcmu_create "$2" "$1" "dev_config=dlmfile/$SCRATCH/$1.img,dev_size=$SIZE,hw_max_sectors=8192" pgr_support=0
-  dev[$1]=$(lun_of "naa.5001405000000${h}01" "naa.5001405000000${h}02" "$TARGET/core/user_$2/$1")
+  dev[$1]=$(bench_user "$2" "$1" "${hex[$1]}" $SIZE)
 }
 user b 1; user w 2
 [ -x "$OLD" ] && user o 3

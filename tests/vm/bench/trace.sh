@@ -2,27 +2,24 @@
 #   tests/vm/run tests/vm/bench/trace.sh     (FIO_RUNTIME=seconds per job, default 3)
 #   TRACE_RW=read TRACE_BS=128k tests/vm/run tests/vm/bench/trace.sh
 . "$VM_LIB"
+. "$ROOT/tests/vm/bench/lib.sh"
 need_target
-SCRATCH_SIZE=600M need_scratch
+bench_scratch
 RT="${FIO_RUNTIME:-3}"
 SIZE=$((160 << 20))
-for i in a b; do
-  dd if=/dev/zero of=$SCRATCH/$i.img bs=1M count=$((SIZE >> 20)) oflag=direct status=none
-done
-lun_of() { loop_tpg "$1" "$2"; loop_lun "$1" 0 "$3"; }
-mkdir -p $TARGET/core/fileio_0/a
-echo "fd_dev_name=$SCRATCH/a.img,fd_dev_size=$SIZE" > $TARGET/core/fileio_0/a/control
-echo 1 > $TARGET/core/fileio_0/a/enable
+bench_images $SIZE a b
 declare -A dev
-dev[a]=$(lun_of naa.5001405000000a01 naa.5001405000000a02 $TARGET/core/fileio_0/a)
+dev[a]=$(bench_fileio $SIZE)
 printf '[daemon]\ndbus = false\n[devices]\nhbas = [1]\n' > "$ART/cur.toml"
 TCMU_PRD_LOG=info daemon_start cur --config "$ART/cur.toml"
-tcmu_create 1 b "dev_config=dlmfile/$SCRATCH/b.img,dev_size=$SIZE,hw_max_sectors=8192" pgr_support=0
-dev[b]=$(lun_of naa.5001405000000b01 naa.5001405000000b02 $TARGET/core/user_1/b)
+dev[b]=$(bench_user 1 b b $SIZE)
 wait_for 60 "view resolved" grep -q 'serves one I_T nexus' "$ART/cur.log"
 
 T=/sys/kernel/tracing
 mountpoint -q $T || mount -t tracefs nodev $T
+# Whatever happens, leave the tracer off for the scenarios after this one.
+trace_off() { echo 0 > $T/tracing_on; echo nop > $T/current_tracer; echo > $T/set_event; }
+trap trace_off EXIT
 echo 0 > $T/tracing_on
 echo global > $T/trace_clock
 echo 16384 > $T/buffer_size_kb
@@ -54,7 +51,6 @@ for l in a b; do
   cp $T/trace "$ART/trace-$l.txt"
   say "($l) ${dev[$l]}: $(wc -l < "$ART/trace-$l.txt") trace lines"
 done
-echo nop > $T/current_tracer
-echo > $T/set_event
+trace_off
 python3 "$ROOT/tests/vm/bench/trace_steps.py" "$ART/trace-a.txt" "$ART/trace-b.txt" | tee "$ART/steps.md"
 daemon_stop cur TERM

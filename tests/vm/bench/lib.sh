@@ -1,0 +1,46 @@
+# Set-up shared by the benchmark scripts (sourced after $VM_LIB, in the guest).
+
+# bench_scratch: the scratch file system, with no image left by an earlier
+# benchmark of the same boot (the largest, profile.sh, writes about 800 MiB).
+bench_scratch() {
+  SCRATCH_SIZE=1200M need_scratch
+  rm -f "$SCRATCH"/*.img
+  # The file system's file lives in the guest's tmpfs (half its RAM). Known
+  # gap: even after this trim, fio.sh after profile.sh in one boot fails
+  # writing its images with EIO, so run one bench per boot.
+  fstrim "$SCRATCH"
+}
+
+# bench_images SIZE LABEL...: $SCRATCH/LABEL.img of SIZE bytes, every block
+# written first: reads of holes and first writes into unallocated extents
+# would measure the file system, not the backstores.
+bench_images() {
+  local size="$1" l; shift
+  for l in "$@"; do
+    dd if=/dev/zero of="$SCRATCH/$l.img" bs=1M count=$((size >> 20)) oflag=direct status=none
+  done
+}
+
+# bench_lun WWN INITIATOR_WWN BACKSTORE_DIR: LUN 0 on its own tcm_loop
+# port; prints the /dev/sdX.
+bench_lun() {
+  loop_tpg "$1" "$2"
+  loop_lun "$1" 0 "$3"
+}
+
+# bench_fileio SIZE: (a), LIO fileio on $SCRATCH/a.img as configfs creates
+# it by default (O_DSYNC writes); prints the /dev/sdX.
+bench_fileio() {
+  mkdir -p $TARGET/core/fileio_0/a
+  echo "fd_dev_name=$SCRATCH/a.img,fd_dev_size=$1" > $TARGET/core/fileio_0/a/control
+  echo 1 > $TARGET/core/fileio_0/a/enable
+  bench_lun naa.5001405000000a01 naa.5001405000000a02 $TARGET/core/fileio_0/a
+}
+
+# bench_user HBA LABEL HEX SIZE: a dlmfile backstore LABEL on user_HBA over
+# $SCRATCH/LABEL.img, exported on port naa.5001405000000<HEX>01; prints the
+# /dev/sdX.
+bench_user() {
+  tcmu_create "$1" "$2" "dev_config=dlmfile/$SCRATCH/$2.img,dev_size=$4,hw_max_sectors=8192" pgr_support=0
+  bench_lun "naa.5001405000000${3}01" "naa.5001405000000${3}02" "$TARGET/core/user_$1/$2"
+}
