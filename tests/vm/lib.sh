@@ -187,6 +187,24 @@ loop_lun() {
   return 1
 }
 
+# loop_views: sets A and B to the /dev/sdX of the tcm_loop TPGs 1 and 2.
+# tcm_loop adds a TPG's LUN at SCSI address host:0:TPGT:LUN, so the target
+# id says which TPG (and so which initiator) a disk is; the order disks
+# appear in /sys/block is the scan order, which varies from boot to boot.
+loop_views() {
+  local b t
+  A=; B=
+  for b in /sys/block/sd*; do
+    [ -e "$b/device" ] || continue
+    t=$(basename "$(readlink -f "$b/device")" | cut -d: -f3)
+    case "$t" in
+      1) A=/dev/$(basename "$b") ;;
+      2) B=/dev/$(basename "$b") ;;
+    esac
+  done
+  [ -n "$A" ] && [ -n "$B" ] || fail "no disks for tpgt_1 and tpgt_2 (A='$A' B='$B'): $(ls /sys/block | tr '\n' ' ')"
+}
+
 # targetcli in the guest needs the system bus and a writable home. Our D-Bus
 # policy goes into the guest's /etc (a writable overlay) so tcmu-prd may own
 # org.kernel.TCMUService1 (targetcli's user:dlmfile).

@@ -12,11 +12,8 @@ IB=naa.500140500000b002
 "$TCMU_PRD" export --lu prl --image "$img" loopback --wwn $W --initiator $IA --initiator $IB | tee "$ART/export.txt"
 # tcm_loop scans each TPG's LUN when its nexus appears.
 wait_for 60 "two SCSI disks for the two views" bash -c '[ "$(ls /sys/class/scsi_disk | wc -l)" -ge 2 ]'
-mapfile -t disks < <(for b in /sys/block/sd*; do basename "$b"; done)
-[ "${#disks[@]}" -eq 2 ] || fail "expected 2 disks, found ${disks[*]:-none}"
-# Which disk is which initiator: READ FULL STATUS would tell, but simpler:
-# register on the first disk, and READ KEYS shows it on both (one LU).
-A=/dev/${disks[0]}; B=/dev/${disks[1]}
+# A is initiator IA's view (tpgt_1), B is IB's (tpgt_2).
+loop_views
 say "views: A=$A B=$B"
 check "both views report the same unit serial (one LU)" \
   test "$(sg_vpd -p sn -r "$A" | od -An -c)" = "$(sg_vpd -p sn -r "$B" | od -An -c)"
@@ -163,8 +160,7 @@ daemon_start ap
 ex() { "$TCMU_PRD" "$1" --lu prl --image "$img" loopback --wwn $W --initiator $IA --initiator $IB > "$ART/$1.txt"; }
 find_views() {
   wait_for 60 "two SCSI disks for the two views" bash -c '[ "$(ls /sys/class/scsi_disk | wc -l)" -ge 2 ]'
-  mapfile -t disks < <(for b in /sys/block/sd*; do basename "$b"; done)
-  A=/dev/${disks[0]}; B=/dev/${disks[1]}
+  loop_views
 }
 power_cycle() {
   ex unexport
