@@ -192,17 +192,20 @@ loop_lun() {
 # id says which TPG (and so which initiator) a disk is; the order disks
 # appear in /sys/block is the scan order, which varies from boot to boot.
 loop_views() {
-  local b t
+  local b t n=0 seen=
   A=; B=
   for b in /sys/block/sd*; do
     [ -e "$b/device" ] || continue
+    n=$((n + 1))
     t=$(basename "$(readlink -f "$b/device")" | cut -d: -f3)
+    seen="$seen $(basename "$b"):$t"
     case "$t" in
-      1) A=/dev/$(basename "$b") ;;
-      2) B=/dev/$(basename "$b") ;;
+      1) [ -z "$A" ] || fail "two disks for tpgt_1:$seen"; A=/dev/$(basename "$b") ;;
+      2) [ -z "$B" ] || fail "two disks for tpgt_2:$seen"; B=/dev/$(basename "$b") ;;
     esac
   done
-  [ -n "$A" ] && [ -n "$B" ] || fail "no disks for tpgt_1 and tpgt_2 (A='$A' B='$B'): $(ls /sys/block | tr '\n' ' ')"
+  [ "$n" -eq 2 ] || fail "expected 2 disks, found $n (disk:target id):${seen:- none}"
+  [ -n "$A" ] && [ -n "$B" ] || fail "no disks for tpgt_1 and tpgt_2 (disk:target id):$seen"
 }
 
 # targetcli in the guest needs the system bus and a writable home. Our D-Bus
