@@ -13,8 +13,9 @@ import sys
 NAMES = {"a": "LIO fileio (in-kernel)", "b": "tcmu-prd dlmfile", "c": "tcmu-prd, WERO + 100 registrants",
          "d": "tcmu-prd, cluster mode (DLM)", "i": "LIO iblock (direct-I/O loop device)",
          "w": "tcmu-prd dlmfile, worker_threads = 8",
-         "o": "tcmu-prd dlmfile, the binary before the change"}
-ORDER = "aiobcdw"
+         "o": "tcmu-prd dlmfile, the binary before the change",
+         "q": "LIO fileio, fio pinned to vCPU 1", "p": "tcmu-prd dlmfile, fio pinned to vCPU 1"}
+ORDER = "aiobcdwqp"
 
 
 def load(path):
