@@ -1,21 +1,17 @@
 //! One served TCMU device: its uio fd, ring, logical unit and lifecycle.
 
-use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::path::Path;
 use std::sync::Arc;
 
-use crossbeam_channel::Sender;
-use mio::{Token, Waker};
 use tracing::{debug, error, info, warn};
 
-use super::pool::Job;
-use super::serve::{Done, uio_dev_path};
+use super::lu_thread::Core;
+use super::serve::uio_dev_path;
 use crate::config::{Config, DeviceConfig};
 use crate::configfs::{DeviceDir, ResetRing};
 use crate::lu::{Lu, Lus, Resolver, Sharing, View};
 use crate::netlink::Reconfig;
-use crate::ring::{InFlightCmd, Response, Ring, TmrEvent, TmrType, UioFd};
-use crate::scsi::opcode::{Direction, direction};
+use crate::ring::{Ring, UioFd};
 use crate::uio::{TcmuName, UioDevice, parse_map_size};
 
 /// Why a device cannot be served or reconfigured.
@@ -55,13 +51,9 @@ impl DeviceError {
 pub struct Device {
     id: TcmuName,
     minor: u32,
-    uio: Arc<UioFd>,
-    ring: Ring,
+    core: Arc<Core>,
     view: Arc<View>,
     cfg: DeviceConfig,
-    /// Set when the kernel asked to remove the device: the DEVICE_ID to answer
-    /// once in-flight commands are done.
-    removal: Option<u32>,
 }
 
 impl Device {
@@ -176,14 +168,13 @@ impl Device {
             warn!(device = %id, "kernel ring lacks out-of-order completion; completions will be slower");
         }
         info!(device = %id, uio = dev.minor, map_size = size, recovered = recover, cfg = %id.cfgstring, "opened");
+        let core = Arc::new(Core::new(id.to_string(), uio, view.clone(), ring));
         Ok(Device {
             id,
             minor: dev.minor,
-            uio,
-            ring,
+            core,
             view,
             cfg,
-            removal: None,
         })
     }
 
@@ -195,16 +186,24 @@ impl Device {
         self.minor
     }
 
-    pub fn uio_fd(&self) -> RawFd {
-        self.uio.as_fd().as_raw_fd()
+    /// The ring, as its LU's ring thread serves it.
+    pub fn core(&self) -> &Arc<Core> {
+        &self.core
     }
 
-    pub fn ring_mut(&mut self) -> &mut Ring {
-        &mut self.ring
+    /// Which LU it is a view of: devices with the same key share one ring
+    /// thread (see `lu_thread.rs`).
+    pub fn lu_key(&self) -> usize {
+        Arc::as_ptr(self.view.lu()) as usize
+    }
+
+    /// The LU's name, for logs: its image.
+    pub fn lu_name(&self) -> String {
+        self.view.lu().image().display().to_string()
     }
 
     pub fn in_flight(&self) -> usize {
-        self.ring.in_flight()
+        self.core.in_flight()
     }
 
     /// For `tcmu-prd status` (cheap: a name, counters and an `Arc`).
@@ -212,76 +211,19 @@ impl Device {
         super::control::DeviceSnap {
             name: self.id.to_string(),
             minor: self.minor,
-            in_flight: self.ring.in_flight(),
+            in_flight: self.in_flight(),
             view: self.view.clone(),
-        }
-    }
-
-    /// Consumes the uio wake-up count (exactly 4 bytes), if any is pending.
-    pub fn ack_wakeup(&self) {
-        match self.uio.wait() {
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(e) => warn!(device = %self.id, "reading the uio event count: {e}"),
-        }
-    }
-
-    /// The worker job for one command.
-    pub fn job(&self, cmd: InFlightCmd, token: Token, tx: Sender<Done>, waker: Arc<Waker>) -> Job {
-        let view = self.view.clone();
-        Box::new(move || {
-            let mut cmd = cmd;
-            let rsp = execute(&view, &mut cmd);
-            if tx.send(Done { token, cmd, rsp }).is_ok() {
-                let _ = waker.wake();
-            }
-        })
-    }
-
-    /// Handles a TMR notification. A reset releases the SPC-2 reservation
-    /// (SPC-4 5.13.1; PR survives): that is a durable state update, which in
-    /// cluster mode waits for EX, so it is returned as a job for the worker
-    /// pool rather than run on the event loop.
-    pub fn on_tmr(&mut self, tmr: &TmrEvent) -> Option<Job> {
-        info!(device = %self.id, tmr = ?tmr.tmr_type, aborted = tmr.cmd_ids.len(), "task management");
-        if matches!(
-            tmr.tmr_type,
-            TmrType::LunReset | TmrType::TargetWarmReset | TmrType::TargetColdReset
-        ) {
-            let view = self.view.clone();
-            let issuer = view.nexus();
-            view.lu().reset_unit_attentions(issuer.as_ref());
-            return Some(Box::new(move || view.lu().reset(issuer.as_ref())));
-        }
-        None
-    }
-
-    pub fn complete(&mut self, cmd: InFlightCmd, rsp: &Response) {
-        if let Err(e) = self.ring.complete(cmd, rsp) {
-            error!(device = %self.id, "completing a command: {e}");
-        }
-    }
-
-    /// Publishes completed commands to the kernel (one tail update, one wake-up).
-    pub fn flush(&mut self) {
-        if let Err(e) = self.ring.flush() {
-            error!(device = %self.id, "waking the kernel for completions: {e}");
         }
     }
 
     /// The kernel wants the device gone. Returns the DEVICE_ID to answer now,
     /// or None if commands are still in flight (answered by `removal_ready`).
     pub fn begin_removal(&mut self, device_id: u32) -> Option<u32> {
-        self.removal = Some(device_id);
-        self.removal_ready()
+        self.core.begin_removal(device_id)
     }
 
     pub fn removal_ready(&mut self) -> Option<u32> {
-        if self.ring.in_flight() == 0 {
-            self.removal.take()
-        } else {
-            None
-        }
+        self.core.removal_ready()
     }
 
     /// Applies a RECONFIG_DEVICE.
@@ -311,41 +253,5 @@ impl Device {
         }
         debug!(device = %self.id, "reconfigured");
         Ok(())
-    }
-}
-
-/// Runs one command of a view: its one scatter list goes to the emulation as
-/// data-out or data-in according to the CDB, never as both.
-fn execute(view: &View, cmd: &mut InFlightCmd) -> Response {
-    if cmd.is_aborted() {
-        // A TMR aborted it before it started: it never touches the medium.
-        return Response::task_aborted();
-    }
-    // The CDB is borrowed from the ring entry while the data buffers need
-    // `&mut cmd`: copy it to the stack (at most 260 bytes), not the heap.
-    let mut buf = [0u8; 260];
-    let n = cmd.cdb().len().min(buf.len());
-    buf[..n].copy_from_slice(&cmd.cdb()[..n]);
-    let cdb = &buf[..n];
-    let dir = direction(cdb);
-    let r = match dir {
-        Direction::FromDevice => {
-            let mut din = cmd.data_mut();
-            view.execute(cdb, &[], &mut din)
-        }
-        Direction::ToDevice => {
-            let dout = cmd.data();
-            view.execute(cdb, &dout, &mut [])
-        }
-        Direction::None => view.execute(cdb, &[], &mut []),
-    };
-    let rsp = match r.sense {
-        Some(sense) => Response::check_condition(sense.as_bytes()),
-        None => Response::with_status(r.status),
-    };
-    if dir == Direction::FromDevice {
-        rsp.read_len(r.data_in_len)
-    } else {
-        rsp
     }
 }

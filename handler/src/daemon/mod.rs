@@ -1,8 +1,10 @@
-//! The daemon: one event loop for uio fds, netlink and signals; command
-//! execution on worker threads; systemd notification.
+//! The daemon: one event loop for netlink, signals and control queries; a
+//! ring thread per logical unit for its views' uio fds; command execution
+//! on worker threads; systemd notification.
 
 mod control;
 mod device;
+mod lu_thread;
 pub mod notify;
 pub mod pool;
 pub mod serve;

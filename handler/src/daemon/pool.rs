@@ -1,6 +1,7 @@
 //! A fixed pool of worker threads for command execution (file I/O and
-//! emulation), fed through one multi-consumer queue. The event loop never
-//! blocks on I/O; workers report back through their own channel + waker.
+//! emulation), fed through one multi-consumer queue and shared by every
+//! LU's ring thread; each job sends its result back to the ring thread that
+//! submitted it.
 
 use std::thread::JoinHandle;
 

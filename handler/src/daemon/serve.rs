@@ -1,15 +1,17 @@
 //! `tcmu-prd run`: the event loop.
 //!
-//! One thread owns the netlink socket, every ring and the signal pipe, and
-//! waits on them with mio. Commands go to the worker pool; workers send the
-//! finished command back through a channel and wake the loop, which writes
-//! the completions into the ring and publishes each ring's batch with one
-//! tail update and one uio write.
+//! One thread owns the netlink socket, the signal pipe and the control
+//! queries, and waits on them with mio. The rings of each logical unit's
+//! views are served by that LU's ring thread (`lu_thread.rs`), which runs
+//! lone READ/WRITEs itself and hands the rest to the shared worker pool,
+//! whose workers send results back to it for completion. The loop hears
+//! from them only when a removal it waits for can be answered.
 
 use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
@@ -21,13 +23,13 @@ use tracing::{debug, error, info, warn};
 
 use super::control;
 use super::device::Device;
+use super::lu_thread::{LuThread, Notice};
 use super::notify;
 use super::pool::Pool;
 use crate::config::{ClusterMode, Config};
 use crate::configfs::ModuleParams;
 use crate::lu::{Lus, Resolver, Sharing};
 use crate::netlink::{EventKind, Received, TcmuNetlink};
-use crate::ring::{Event as RingEvent, InFlightCmd, Response};
 use crate::uio::{self, TcmuName};
 
 const NETLINK: Token = Token(0);
@@ -37,13 +39,6 @@ const FIRST_DEVICE: usize = 16;
 
 /// Our handler subtype: what `dev_config=<subtype>/...` names.
 pub const SUBTYPE: &str = "dlmfile";
-
-/// A command finished by a worker.
-pub(super) struct Done {
-    pub token: Token,
-    pub cmd: InFlightCmd,
-    pub rsp: Response,
-}
 
 /// Why the daemon could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
@@ -83,12 +78,19 @@ pub(super) struct Daemon {
     opts: RunOptions,
     poll: Poll,
     waker: Arc<Waker>,
-    done_tx: Sender<Done>,
-    done_rx: Receiver<Done>,
+    /// LU threads say here that a device may be removable.
+    removable_tx: Sender<Token>,
+    removable_rx: Receiver<Token>,
     netlink: TcmuNetlink,
     signals: Signals,
-    pool: Pool,
+    pool: Arc<Pool>,
+    /// Set once SIGTERM/SIGINT began the drain: ring threads stop reading.
+    stop_reading: Arc<AtomicBool>,
     devices: HashMap<Token, Device>,
+    /// The ring thread of each LU with a view served, by `Device::lu_key`.
+    lu_threads: HashMap<usize, LuThread>,
+    /// Numbers the LU threads' names.
+    next_lu_thread: usize,
     lus: Lus,
     resolver: Resolver,
     /// Local state, or the cluster thread every LU's state goes through.
@@ -117,7 +119,7 @@ impl Daemon {
         let poll = Poll::new().map_err(io_err("creating the event loop"))?;
         let waker =
             Arc::new(Waker::new(poll.registry(), WAKER).map_err(io_err("creating the waker"))?);
-        let (done_tx, done_rx) = crossbeam_channel::unbounded();
+        let (removable_tx, removable_rx) = crossbeam_channel::unbounded();
         let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP])
             .map_err(io_err("installing signal handlers"))?;
         poll.registry()
@@ -142,7 +144,8 @@ impl Daemon {
             .map_err(io_err("registering netlink"))?;
 
         let workers = opts.config.daemon.worker_threads.get();
-        let pool = Pool::new(workers, "tcmu-prd-io").map_err(io_err("starting worker threads"))?;
+        let pool =
+            Arc::new(Pool::new(workers, "tcmu-prd-io").map_err(io_err("starting worker threads"))?);
         let cl = &opts.config.cluster;
         let sharing = match cl.mode {
             ClusterMode::Local => Sharing::Local,
@@ -165,12 +168,15 @@ impl Daemon {
             opts,
             poll,
             waker,
-            done_tx,
-            done_rx,
+            removable_tx,
+            removable_rx,
             netlink,
             signals,
             pool,
+            stop_reading: Arc::new(AtomicBool::new(false)),
             devices: HashMap::new(),
+            lu_threads: HashMap::new(),
+            next_lu_thread: 0,
             lus: Lus::default(),
             resolver: Resolver::spawn().map_err(io_err("starting the nexus resolver"))?,
             sharing,
@@ -213,89 +219,65 @@ impl Daemon {
     fn insert(&mut self, device: Device) {
         let token = Token(self.next_token);
         self.next_token += 1;
-        let fd = device.uio_fd();
-        if let Err(e) = self
-            .poll
-            .registry()
-            .register(&mut SourceFd(&fd), token, Interest::READABLE)
+        device.core().set_removal_notice(Notice {
+            token,
+            tx: self.removable_tx.clone(),
+            waker: self.waker.clone(),
+        });
+        let key = device.lu_key();
+        if !self.lu_threads.contains_key(&key) {
+            let name = format!("tcmu-prd-lu{}", self.next_lu_thread);
+            self.next_lu_thread += 1;
+            match LuThread::spawn(
+                device.lu_name(),
+                name,
+                self.pool.clone(),
+                self.stop_reading.clone(),
+            ) {
+                Ok(t) => {
+                    self.lu_threads.insert(key, t);
+                }
+                Err(e) => {
+                    error!(device = %device.id(), "cannot start its LU's ring thread: {e}");
+                    return;
+                }
+            }
+        }
+        // Entries may already be waiting (adopted ring): the thread serves
+        // them first.
+        if let Some(t) = self.lu_threads.get(&key)
+            && let Err(e) = t.join(token, device.core())
         {
             error!(device = %device.id(), "cannot watch its uio fd: {e}");
+            if t.views() == 0 {
+                self.lu_threads.remove(&key);
+            }
             return;
         }
         info!(device = %device.id(), uio = device.minor(), "serving");
         self.by_minor.insert(device.minor(), token);
-        // Entries may already be waiting (adopted ring).
         self.devices.insert(token, device);
-        self.drain_ring(token);
-        if let Some(d) = self.devices.get_mut(&token) {
-            d.flush();
-        }
     }
 
+    /// Forgets a device; the last view of an LU to go stops its ring thread.
     fn remove(&mut self, token: Token) -> Option<Device> {
         let device = self.devices.remove(&token)?;
         self.by_minor.remove(&device.minor());
-        let _ = self
-            .poll
-            .registry()
-            .deregister(&mut SourceFd(&device.uio_fd()));
+        let key = device.lu_key();
+        if let Some(t) = self.lu_threads.get(&key) {
+            t.leave(token);
+            if t.views() == 0 {
+                self.lu_threads.remove(&key);
+            }
+        }
         Some(device)
     }
 
-    /// Reads every new ring entry of one device and dispatches it.
-    fn drain_ring(&mut self, token: Token) {
-        if self.stopping.is_some() {
-            return; // left in the ring: the next start resets it (BUSY, retried)
-        }
-        let Some(dev) = self.devices.get_mut(&token) else {
-            return;
-        };
-        dev.ack_wakeup();
-        let mut n = 0usize;
-        while let Some(ev) = dev.ring_mut().poll() {
-            n += 1;
-            match ev {
-                Ok(RingEvent::Command(cmd)) => {
-                    let job = dev.job(cmd, token, self.done_tx.clone(), self.waker.clone());
-                    if self.pool.submit(job).is_err() {
-                        error!(device = %dev.id(), "worker pool is gone; command left unanswered");
-                    }
-                }
-                Ok(RingEvent::Tmr(tmr)) => {
-                    if let Some(job) = dev.on_tmr(&tmr)
-                        && self.pool.submit(job).is_err()
-                    {
-                        error!(device = %dev.id(), "worker pool is gone; reset not applied");
-                    }
-                }
-                Err(e) => error!(device = %dev.id(), "bad ring entry: {e}"),
-            }
-        }
-        tracing::trace!(device = %dev.id(), entries = n, "ring drained");
-        if let Some(broken) = dev.ring_mut().broken().map(ToString::to_string) {
-            error!(device = %dev.id(), "ring is broken, no longer reading it: {broken}");
-        }
-    }
-
-    fn complete_done(&mut self) {
-        let mut touched = Vec::new();
-        while let Ok(done) = self.done_rx.try_recv() {
-            let Some(dev) = self.devices.get_mut(&done.token) else {
-                warn!("completion for a device that is gone");
-                continue;
-            };
-            tracing::trace!(device = %dev.id(), cmd_id = done.cmd.cmd_id(), "completing");
-            dev.complete(done.cmd, &done.rsp);
-            touched.push(done.token);
-        }
-        touched.sort_unstable();
-        touched.dedup();
-        for t in touched {
-            if let Some(dev) = self.devices.get_mut(&t) {
-                dev.flush();
-                if let Some(reply) = dev.removal_ready() {
-                    self.finish_removal(t, reply);
-                }
+    /// Answers the removals whose last command has completed.
+    fn answer_removals(&mut self) {
+        while let Ok(token) = self.removable_rx.try_recv() {
+            if let Some(reply) = self.devices.get_mut(&token).and_then(Device::removal_ready) {
+                self.finish_removal(token, reply);
             }
         }
     }
@@ -424,6 +406,7 @@ impl Daemon {
                     info!(inflight, "stopping: draining in-flight commands");
                     let _ = notify::notify("STOPPING=1");
                     self.stopping = Some(Instant::now());
+                    self.stop_reading.store(true, Ordering::Release);
                 }
                 SIGHUP => self.reload(),
                 _ => {}
@@ -490,11 +473,10 @@ impl Daemon {
                 match ev.token() {
                     NETLINK => self.on_netlink(),
                     SIGNALS => self.on_signals(),
-                    WAKER => {}
-                    t => self.drain_ring(t),
+                    _ => {}
                 }
             }
-            self.complete_done();
+            self.answer_removals();
             control::answer(&self.control_rx, || control::LoopSnap {
                 devices: self.devices.values().map(Device::snapshot).collect(),
                 stopping: self.stopping.is_some(),

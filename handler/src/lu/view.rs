@@ -258,8 +258,8 @@ impl Lu {
 
     /// The local half of a LOGICAL UNIT RESET: in local mode, establishes
     /// BUS DEVICE RESET FUNCTION OCCURRED for this LU's views other than the
-    /// issuer's, in memory. Called on the event loop as the TMR notification
-    /// arrives — before the initiator can send its next command on another
+    /// issuer's, in memory. Called on the LU's ring thread as the TMR
+    /// notification arrives — before the initiator can send its next command on another
     /// path — while [`Lu::reset`] does the durable part on a worker. (In
     /// cluster mode the UA goes through the state's log in `reset`.)
     pub fn reset_unit_attentions(&self, issuer: Option<&pr::Nexus>) {

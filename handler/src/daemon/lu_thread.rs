@@ -1,0 +1,890 @@
+//! The ring thread of one logical unit: it serves the rings of every view of
+//! that LU (every TCMU device on the same image, one per I_T nexus).
+//!
+//! It sleeps on the uio fds of those views, reads every new entry, and runs
+//! a lone READ/WRITE (nothing else of the LU at the worker pool: the
+//! iodepth-1 case) itself, so that command costs no thread hand-off at all.
+//! Anything else (more commands in flight, PR OUT and the other commands that
+//! may wait for the cluster) goes to the shared worker pool, whose workers
+//! send the results back; the thread completes everything it has with one
+//! tail update and one uio write per ring.
+//!
+//! Why one thread per LU and not per device: a task management function on
+//! one view changes what the LU's other views must answer next (a LUN RESET
+//! queues BUS DEVICE RESET FUNCTION OCCURRED for every other nexus, SAM-5
+//! 6.3.3), and the kernel puts the TMR entry in the first view's ring before
+//! it answers the TMR. One thread reading the views' fds in the order epoll
+//! reports them ready (the order they became ready) reads that entry before
+//! anything the initiator sends on another view afterwards; threads per
+//! device could serve the other view first (libiscsi's MultipathIO.Reset).
+//! A backing file that hangs blocks its own LU, never another LU or netlink.
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, AsRawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{Receiver, Sender};
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Registry, Token, Waker};
+use tracing::{error, info, warn};
+
+use super::pool::{Job, Pool};
+use crate::lu::View;
+use crate::ring::{Event as RingEvent, InFlightCmd, Response, Ring, TmrEvent, TmrType, UioFd};
+use crate::scsi::opcode::{Direction, direction};
+
+/// Where a ring thread sleeps for one view: its uio fd (a socket in unit tests).
+pub(super) trait Wakeups: AsFd + Send + Sync + std::fmt::Debug {
+    /// Consumes the pending wake-up, if any, without blocking.
+    ///
+    /// # Errors
+    ///
+    /// `WouldBlock` if none is pending; any other read error.
+    fn ack(&self) -> std::io::Result<()>;
+}
+
+impl Wakeups for UioFd {
+    fn ack(&self) -> std::io::Result<()> {
+        self.wait().map(|_| ())
+    }
+}
+
+/// One view's ring, as the LU thread, the workers and the event loop share it.
+#[derive(Debug)]
+pub(super) struct Core {
+    /// The device's name, for logs.
+    name: String,
+    /// Readable when the kernel queued entries (the uio fd).
+    wakeups: Arc<dyn Wakeups>,
+    view: Arc<View>,
+    state: Mutex<RingState>,
+}
+
+#[derive(Debug)]
+struct RingState {
+    ring: Ring,
+    /// Set when the kernel asked to remove the device: the DEVICE_ID to answer
+    /// once in-flight commands are done.
+    removal: Option<u32>,
+    /// Where to say that `removal` can be answered now.
+    removal_notice: Option<Notice>,
+}
+
+/// Tells the event loop that a device may be ready for removal.
+#[derive(Debug, Clone)]
+pub(super) struct Notice {
+    pub token: Token,
+    pub tx: Sender<Token>,
+    pub waker: Arc<Waker>,
+}
+
+impl Notice {
+    fn send(&self) {
+        if self.tx.send(self.token).is_ok() {
+            let _ = self.waker.wake();
+        }
+    }
+}
+
+/// The thread's waker (mio allows one per poll, so it serves every purpose):
+/// a worker sent a result back, a view joined, or the thread is to stop.
+const WAKE: Token = Token(0);
+
+/// A finished command on its way back to the LU thread.
+type Returned = (Arc<Core>, InFlightCmd, Response);
+
+/// What the LU thread and the event loop share.
+#[derive(Debug)]
+struct Shared {
+    /// The views served, by the event loop's token for each.
+    members: Mutex<HashMap<Token, Arc<Core>>>,
+    /// Views that joined since the thread last looked: served once at once
+    /// (an adopted ring may hold entries already).
+    joined: Mutex<Vec<Token>>,
+    /// Set by [`LuThread::drop`]: complete what is in flight, then exit.
+    stop: AtomicBool,
+}
+
+/// How workers hand finished commands back to the LU thread.
+#[derive(Debug)]
+struct Returns {
+    tx: Sender<Returned>,
+    waker: Arc<Waker>,
+}
+
+impl Returns {
+    fn send(&self, core: Arc<Core>, cmd: InFlightCmd, rsp: Response) {
+        let name = core.name.clone();
+        if self.tx.send((core, cmd, rsp)).is_err() {
+            error!(device = %name, "ring thread is gone; command left unanswered");
+        } else if let Err(e) = self.waker.wake() {
+            error!(device = %name, "waking the ring thread for a completion: {e}");
+        }
+    }
+}
+
+/// The running ring thread of one LU (the event loop's handle on it).
+/// Dropping it stops the thread.
+#[derive(Debug)]
+pub(super) struct LuThread {
+    /// The LU's name, for logs.
+    lu: String,
+    shared: Arc<Shared>,
+    registry: Registry,
+    waker: Arc<Waker>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl LuThread {
+    /// Starts a thread named `thread` (at most 15 bytes are kept) for the LU
+    /// `lu`, with no views yet. While `stopping` is set (the daemon drains
+    /// before exiting) it reads no new entries.
+    pub fn spawn(
+        lu: String,
+        thread: String,
+        pool: Arc<Pool>,
+        stopping: Arc<AtomicBool>,
+    ) -> std::io::Result<Self> {
+        let poll = Poll::new()?;
+        let registry = poll.registry().try_clone()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKE)?);
+        let (tx, done) = crossbeam_channel::unbounded();
+        let back = Arc::new(Returns {
+            tx,
+            waker: waker.clone(),
+        });
+        let shared = Arc::new(Shared {
+            members: Mutex::new(HashMap::new()),
+            joined: Mutex::new(Vec::new()),
+            stop: AtomicBool::new(false),
+        });
+        let (sh, name) = (shared.clone(), lu.clone());
+        let handle = std::thread::Builder::new().name(thread).spawn(move || {
+            let ends = Ends {
+                lu: &name,
+                shared: &sh,
+                pool: &pool,
+                back: &back,
+                done: &done,
+                stopping: &stopping,
+            };
+            lu_thread(poll, &ends);
+        })?;
+        Ok(LuThread {
+            lu,
+            shared,
+            registry,
+            waker,
+            handle: Some(handle),
+        })
+    }
+
+    /// Serves one more view of the LU, under the event loop's `token` for it
+    /// (never [`WAKE`]). Its ring is served once at once, then on every
+    /// wake-up of its fd.
+    pub fn join(&self, token: Token, core: &Arc<Core>) -> std::io::Result<()> {
+        if token == WAKE {
+            return Err(std::io::Error::other("token 0 is the ring thread's waker"));
+        }
+        lock(&self.shared.members).insert(token, core.clone());
+        let fd = core.wakeups.as_fd().as_raw_fd();
+        if let Err(e) = self
+            .registry
+            .register(&mut SourceFd(&fd), token, Interest::READABLE)
+        {
+            lock(&self.shared.members).remove(&token);
+            return Err(e);
+        }
+        lock(&self.shared.joined).push(token);
+        self.waker.wake()
+    }
+
+    /// Stops serving a view: its fd is no longer watched. Commands of it
+    /// still at the pool are completed when they come back.
+    pub fn leave(&self, token: Token) {
+        if let Some(core) = lock(&self.shared.members).remove(&token) {
+            let fd = core.wakeups.as_fd().as_raw_fd();
+            if let Err(e) = self.registry.deregister(&mut SourceFd(&fd)) {
+                warn!(device = %core.name, "no longer watching its uio fd: {e}");
+            }
+        }
+    }
+
+    /// How many views it serves.
+    pub fn views(&self) -> usize {
+        lock(&self.shared.members).len()
+    }
+}
+
+impl Drop for LuThread {
+    /// Stops the thread. It completes what is in flight first; this waits for
+    /// it unless a view still has commands in flight (one may be stuck in the
+    /// backing file: then the thread is left to exit on its own once that
+    /// returns).
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Release);
+        if let Err(e) = self.waker.wake() {
+            error!(lu = %self.lu, "waking the ring thread to stop: {e}");
+            return;
+        }
+        let Some(handle) = self.handle.take() else {
+            return;
+        };
+        let in_flight: usize = lock(&self.shared.members)
+            .values()
+            .map(|c| c.lock().ring.in_flight())
+            .sum();
+        if in_flight == 0 {
+            if handle.join().is_err() {
+                error!(lu = %self.lu, "the ring thread panicked");
+            }
+        } else {
+            warn!(lu = %self.lu, in_flight, "not waiting for the ring thread: commands still in flight");
+        }
+    }
+}
+
+/// A lock whose holder panicked is still used: the ring indices and member
+/// maps are only ever updated whole under it.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Core {
+    pub(super) fn new(
+        name: String,
+        wakeups: Arc<dyn Wakeups>,
+        view: Arc<View>,
+        ring: Ring,
+    ) -> Self {
+        Core {
+            name,
+            wakeups,
+            view,
+            state: Mutex::new(RingState {
+                ring,
+                removal: None,
+                removal_notice: None,
+            }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, RingState> {
+        lock(&self.state)
+    }
+
+    pub(super) fn in_flight(&self) -> usize {
+        self.lock().ring.in_flight()
+    }
+
+    pub(super) fn set_removal_notice(&self, notice: Notice) {
+        self.lock().removal_notice = Some(notice);
+    }
+
+    /// Records the DEVICE_ID the kernel's removal is to be answered with.
+    /// Returns it if nothing is in flight (answer now), else None: the
+    /// removal notice says when.
+    pub(super) fn begin_removal(&self, device_id: u32) -> Option<u32> {
+        self.lock().removal = Some(device_id);
+        self.removal_ready()
+    }
+
+    pub(super) fn removal_ready(&self) -> Option<u32> {
+        let mut st = self.lock();
+        if st.ring.in_flight() == 0 {
+            st.removal.take()
+        } else {
+            None
+        }
+    }
+
+    /// Consumes the uio wake-up count (exactly 4 bytes), if any is pending.
+    fn ack_wakeup(&self) {
+        match self.wakeups.ack() {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => warn!(device = %self.name, "reading the uio event count: {e}"),
+        }
+    }
+
+    /// Reads every new ring entry; runs a lone READ/WRITE here when the LU
+    /// has nothing at the pool (`at_pool`), hands the rest to the pool,
+    /// whose workers send the results back through `back`. Counts what it
+    /// hands over in `at_pool`.
+    fn serve(
+        self: &Arc<Self>,
+        pool: &Pool,
+        back: &Arc<Returns>,
+        batch: &mut Vec<InFlightCmd>,
+        at_pool: &mut usize,
+    ) {
+        self.ack_wakeup();
+        let alone = {
+            let mut st = self.lock();
+            let mut n = 0usize;
+            while let Some(ev) = st.ring.poll() {
+                n += 1;
+                match ev {
+                    Ok(RingEvent::Command(cmd)) => batch.push(cmd),
+                    Ok(RingEvent::Tmr(tmr)) => {
+                        if let Some(job) = self.on_tmr(&tmr)
+                            && pool.submit(job).is_err()
+                        {
+                            error!(device = %self.name, "worker pool is gone; reset not applied");
+                        }
+                    }
+                    Err(e) => error!(device = %self.name, "bad ring entry: {e}"),
+                }
+            }
+            tracing::trace!(device = %self.name, entries = n, "ring drained");
+            if let Some(broken) = st.ring.broken() {
+                error!(device = %self.name, "ring is broken, no longer reading it: {broken}");
+            }
+            // Bad entries were answered CHECK CONDITION by poll.
+            if let Err(e) = st.ring.flush() {
+                error!(device = %self.name, "waking the kernel for completions: {e}");
+            }
+            *at_pool == 0
+                && batch.len() == 1
+                && st.ring.in_flight() == 1
+                && runs_inline(batch[0].cdb())
+        };
+        if alone && let Some(mut cmd) = batch.pop() {
+            let rsp = execute(&self.view, &mut cmd);
+            self.complete([(cmd, rsp)].into_iter());
+            return;
+        }
+        for cmd in batch.drain(..) {
+            let (core, back) = (self.clone(), back.clone());
+            let job: Job = Box::new(move || {
+                let mut cmd = cmd;
+                let rsp = execute(&core.view, &mut cmd);
+                back.send(core, cmd, rsp);
+            });
+            match pool.submit(job) {
+                Ok(()) => *at_pool += 1,
+                Err(_) => {
+                    error!(device = %self.name, "worker pool is gone; command left unanswered");
+                }
+            }
+        }
+    }
+
+    /// Completes finished commands and wakes the kernel once for all of them.
+    fn complete(&self, done: impl Iterator<Item = (InFlightCmd, Response)>) {
+        let mut st = self.lock();
+        let mut n = 0usize;
+        for (cmd, rsp) in done {
+            n += 1;
+            tracing::trace!(device = %self.name, cmd_id = cmd.cmd_id(), "completing");
+            if let Err(e) = st.ring.complete(cmd, &rsp) {
+                error!(device = %self.name, "completing a command: {e}");
+            }
+        }
+        if n > 0
+            && let Err(e) = st.ring.flush()
+        {
+            error!(device = %self.name, "waking the kernel for completions: {e}");
+        }
+        if n > 0
+            && st.ring.in_flight() == 0
+            && st.removal.is_some()
+            && let Some(notice) = &st.removal_notice
+        {
+            notice.send();
+        }
+    }
+
+    /// Handles a TMR notification. A reset queues BUS DEVICE RESET for the
+    /// LU's other nexuses at once (before any later entry of any view of
+    /// this LU is read) and releases the SPC-2 reservation (SPC-4 5.13.1;
+    /// PR survives): that is a durable state update, which in cluster mode
+    /// waits for EX, so it is returned as a job for the worker pool.
+    fn on_tmr(&self, tmr: &TmrEvent) -> Option<Job> {
+        info!(device = %self.name, tmr = ?tmr.tmr_type, aborted = tmr.cmd_ids.len(), "task management");
+        if matches!(
+            tmr.tmr_type,
+            TmrType::LunReset | TmrType::TargetWarmReset | TmrType::TargetColdReset
+        ) {
+            let view = self.view.clone();
+            let issuer = view.nexus();
+            view.lu().reset_unit_attentions(issuer.as_ref());
+            return Some(Box::new(move || view.lu().reset(issuer.as_ref())));
+        }
+        None
+    }
+}
+
+/// What the LU thread works with.
+struct Ends<'a> {
+    lu: &'a str,
+    shared: &'a Shared,
+    pool: &'a Pool,
+    back: &'a Arc<Returns>,
+    done: &'a Receiver<Returned>,
+    /// Set while the daemon drains before exiting.
+    stopping: &'a AtomicBool,
+}
+
+/// The LU thread: serves a view's ring when it joins (entries may be
+/// waiting) and after every wake-up of its fd, in the order epoll reports
+/// them, and completes what the workers send back. While the daemon is
+/// stopping, new entries stay in the ring (the next start resets it: BUSY,
+/// retried). Told to stop, it still completes the commands at the pool
+/// before it exits.
+fn lu_thread(mut poll: Poll, ends: &Ends<'_>) {
+    let mut events = Events::with_capacity(16);
+    let mut batch = Vec::with_capacity(64);
+    let mut returned: Vec<Returned> = Vec::with_capacity(64);
+    let mut at_pool = 0usize;
+    loop {
+        let stop = ends.shared.stop.load(Ordering::Acquire);
+        // New commands first: dispatching them keeps the workers busy while
+        // the uio writes below (which, for reads, have the kernel copy the
+        // data out) run.
+        if !stop && !ends.stopping.load(Ordering::Acquire) {
+            let joined = std::mem::take(&mut *lock(&ends.shared.joined));
+            let ready = joined
+                .into_iter()
+                .chain(events.iter().map(|e| e.token()).filter(|t| *t != WAKE));
+            for token in ready {
+                let core = lock(&ends.shared.members).get(&token).cloned();
+                if let Some(core) = core {
+                    core.serve(ends.pool, ends.back, &mut batch, &mut at_pool);
+                }
+            }
+        }
+        returned.extend(ends.done.try_iter());
+        at_pool = at_pool.saturating_sub(returned.len());
+        complete_returned(&mut returned);
+        if stop && at_pool == 0 {
+            return;
+        }
+        if let Err(e) = poll.poll(&mut events, None) {
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                events.clear();
+                continue;
+            }
+            error!(lu = %ends.lu, "ring thread cannot wait on its uio fds, no longer serving them: {e}");
+            return;
+        }
+    }
+}
+
+/// Completes returned commands, one batch (one tail update, one uio write)
+/// per ring. Leaves `returned` empty (its allocation is kept).
+fn complete_returned(returned: &mut Vec<Returned>) {
+    returned.sort_unstable_by_key(|(core, ..)| Arc::as_ptr(core) as usize);
+    let mut it = returned.drain(..).peekable();
+    while let Some((core, cmd, rsp)) = it.next() {
+        let same = std::iter::from_fn(|| {
+            it.next_if(|(c, ..)| Arc::ptr_eq(c, &core))
+                .map(|(_, cmd, rsp)| (cmd, rsp))
+        });
+        core.complete(std::iter::once((cmd, rsp)).chain(same));
+    }
+}
+
+/// Whether a command may run on the ring thread: the data path only. The
+/// rest (PR OUT, COMPARE AND WRITE, copies, ...) may wait on the cluster or
+/// take long, and must not hold up the LU's rings (TMRs, other initiators).
+fn runs_inline(cdb: &[u8]) -> bool {
+    matches!(
+        cdb.first(),
+        Some(0x08 | 0x0a | 0x28 | 0x2a | 0x88 | 0x8a | 0xa8 | 0xaa)
+    )
+}
+
+/// Runs one command of a view: its one scatter list goes to the emulation as
+/// data-out or data-in according to the CDB, never as both.
+fn execute(view: &View, cmd: &mut InFlightCmd) -> Response {
+    if cmd.is_aborted() {
+        // A TMR aborted it before it started: it never touches the medium.
+        return Response::task_aborted();
+    }
+    // The CDB is borrowed from the ring entry while the data buffers need
+    // `&mut cmd`: copy it to the stack (at most 260 bytes), not the heap.
+    let mut buf = [0u8; 260];
+    let n = cmd.cdb().len().min(buf.len());
+    buf[..n].copy_from_slice(&cmd.cdb()[..n]);
+    let cdb = &buf[..n];
+    let dir = direction(cdb);
+    let r = match dir {
+        Direction::FromDevice => {
+            let mut din = cmd.data_mut();
+            view.execute(cdb, &[], &mut din)
+        }
+        Direction::ToDevice => {
+            let dout = cmd.data();
+            view.execute(cdb, &dout, &mut [])
+        }
+        Direction::None => view.execute(cdb, &[], &mut []),
+    };
+    let rsp = match r.sense {
+        Some(sense) => Response::check_condition(sense.as_bytes()),
+        None => Response::with_status(r.status),
+    };
+    if dir == Direction::FromDevice {
+        rsp.read_len(r.data_in_len)
+    } else {
+        rsp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lu::Lu;
+    use crate::lu::state::{Identity, LuState};
+    use crate::pr::{self, TransportId};
+    use crate::ring::sim::{Completion, Dir, SimKernel};
+    use crate::scsi::{self, LuConfig, LuIdentity, NaaId};
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+    use std::path::PathBuf;
+    use std::sync::mpsc;
+    use std::time::{Duration, Instant};
+
+    /// The uio fd's stand-in: the test writes 4 bytes to the peer where the
+    /// kernel would raise the uio interrupt.
+    #[derive(Debug)]
+    struct Sock(UnixStream);
+
+    impl AsFd for Sock {
+        fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+            self.0.as_fd()
+        }
+    }
+
+    impl Wakeups for Sock {
+        fn ack(&self) -> std::io::Result<()> {
+            let mut buf = [0u8; 64];
+            (&self.0).read(&mut buf).map(|_| ())
+        }
+    }
+
+    /// One view of the test LU: its simulated kernel ring and uio fd.
+    struct Side {
+        sim: SimKernel,
+        core: Arc<Core>,
+        irq: UnixStream,
+        done: Vec<Completion>,
+    }
+
+    impl Side {
+        fn submit(&mut self, cdb: &[u8], dir: Dir) -> u16 {
+            let id = self.sim.submit(cdb, dir).unwrap();
+            self.irq.write_all(&[0; 4]).unwrap();
+            id
+        }
+
+        /// Waits (bounded, for a hung thread not to hang the test) until the
+        /// kernel side has consumed a completion for every id.
+        fn wait_for(&mut self, ids: &[u16]) -> Vec<Completion> {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                self.sim.handle_completions();
+                self.done.extend(self.sim.take_completions());
+                if ids
+                    .iter()
+                    .all(|id| self.done.iter().any(|c| c.cmd_id == *id))
+                {
+                    let (got, rest) = self.done.drain(..).partition(|c| ids.contains(&c.cmd_id));
+                    self.done = rest;
+                    return got;
+                }
+                assert!(Instant::now() < deadline, "no completion for {ids:?}");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+
+        /// The completions so far, without waiting.
+        fn completed(&mut self) -> Vec<u16> {
+            self.sim.handle_completions();
+            self.done.extend(self.sim.take_completions());
+            self.done.iter().map(|c| c.cmd_id).collect()
+        }
+    }
+
+    /// An LU on memory with `n` views, each on its own nexus (SAS address
+    /// 1..=n) and simulated ring.
+    fn lu_with_views(n: u64) -> (Vec<Side>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let id = Identity::from_random(&[7; 13]);
+        let identity = LuIdentity {
+            naa: NaaId::new(&id.naa).unwrap(),
+            serial: id.serial.clone(),
+            vendor: "LIO-ORG".into(),
+            product: "tcmu-prd".into(),
+            revision: "0001".into(),
+        };
+        let backing = Arc::new(crate::backing::MemBacking::new(1 << 20, 4096));
+        let scsi = scsi::Lu::new(LuConfig::new(512, identity), backing).unwrap();
+        let lu = Arc::new(Lu::for_tests(scsi, LuState::new(id), &dir.path().join("s")).unwrap());
+        let sides = (1..=n)
+            .map(|a| {
+                let name = format!("user_1/v{a}");
+                let view = Arc::new(View::new(
+                    lu.clone(),
+                    name.clone(),
+                    PathBuf::new(),
+                    PathBuf::new(),
+                ));
+                let nexus = pr::Nexus {
+                    initiator: TransportId::Sas { address: a },
+                    rtpi: 1,
+                };
+                view.set_nexus_for_tests(nexus, scsi::TargetPort::default());
+                lu.add_view(&view);
+                let sim = SimKernel::new(64 * 1024, 64, 4096);
+                let (ours, irq) = UnixStream::pair().unwrap();
+                ours.set_nonblocking(true).unwrap();
+                let core = Arc::new(Core::new(name, Arc::new(Sock(ours)), view, sim.ring()));
+                Side {
+                    sim,
+                    core,
+                    irq,
+                    done: Vec::new(),
+                }
+            })
+            .collect();
+        (sides, dir)
+    }
+
+    /// A thread serving every side, side i under token 16 + i.
+    fn serve(sides: &[Side], pool: &Arc<Pool>, stopping: bool) -> LuThread {
+        let t = LuThread::spawn(
+            "test-lu".into(),
+            "t-lu".into(),
+            pool.clone(),
+            Arc::new(AtomicBool::new(stopping)),
+        )
+        .unwrap();
+        for (i, s) in sides.iter().enumerate() {
+            t.join(Token(16 + i), &s.core).unwrap();
+        }
+        t
+    }
+
+    fn write10(lba: u8, blocks: u8) -> [u8; 10] {
+        [0x2a, 0, 0, 0, 0, lba, 0, 0, blocks, 0]
+    }
+
+    fn read10(lba: u8, blocks: u8) -> [u8; 10] {
+        [0x28, 0, 0, 0, 0, lba, 0, 0, blocks, 0]
+    }
+
+    const PR_IN: [u8; 10] = [0x5e, 0, 0, 0, 0, 0, 0, 0, 8, 0];
+
+    /// A pool whose only worker is held until the returned sender is used.
+    fn held_pool() -> (Arc<Pool>, mpsc::Sender<()>) {
+        let pool = Arc::new(Pool::new(1, "t-held").unwrap());
+        let (tx, rx) = mpsc::channel::<()>();
+        pool.submit(Box::new(move || {
+            let _ = rx.recv();
+        }))
+        .unwrap_or_else(|_| panic!("submit refused"));
+        (pool, tx)
+    }
+
+    #[test]
+    fn lone_reads_and_writes_run_on_the_ring_thread_the_rest_on_the_pool() {
+        let (mut sides, _dir) = lu_with_views(2);
+        let (pool, release) = held_pool();
+        let t = serve(&sides, &pool, false);
+        let (a, b) = sides.split_at_mut(1);
+        let (a, b) = (&mut a[0], &mut b[0]);
+
+        // The pool's only worker is busy: these complete only because the
+        // ring thread runs them itself.
+        let w = a.submit(&write10(3, 1), Dir::ToDevice(vec![0xab; 512]));
+        assert_eq!(a.wait_for(&[w])[0].status, 0);
+        let r = b.submit(&read10(3, 1), Dir::FromDevice(512));
+        let c = &b.wait_for(&[r])[0];
+        assert_eq!((c.status, &c.data_in[..]), (0, &[0xab; 512][..]));
+
+        // PERSISTENT RESERVE IN may wait on the cluster: never inline.
+        let pr = a.submit(&PR_IN, Dir::FromDevice(8));
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!a.completed().contains(&pr), "PR IN ran on the ring thread");
+        // With a command of the LU at the pool, a READ on the other view is
+        // not run inline either: it queues behind the held worker.
+        let r2 = b.submit(&read10(3, 1), Dir::FromDevice(512));
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!b.completed().contains(&r2), "a second command ran inline");
+        release.send(()).unwrap();
+        assert_eq!(a.wait_for(&[pr]).len(), 1);
+        let c2 = &b.wait_for(&[r2])[0];
+        assert_eq!((c2.status, c2.data_in[0]), (0, 0xab));
+        assert_eq!(a.core.in_flight() + b.core.in_flight(), 0);
+        drop(t);
+        assert!(a.sim.broken().is_none(), "{:?}", a.sim.broken());
+        assert!(b.sim.broken().is_none(), "{:?}", b.sim.broken());
+    }
+
+    #[test]
+    fn a_batch_goes_to_the_pool_and_every_command_completes_with_its_data() {
+        let (mut sides, _dir) = lu_with_views(1);
+        let s = &mut sides[0];
+        let pool = Arc::new(Pool::new(3, "t-pool").unwrap());
+        // Queue a batch before the view joins: it serves waiting entries at
+        // once (an adopted ring).
+        let mut ids = Vec::new();
+        for i in 0..8u8 {
+            ids.push(
+                s.sim
+                    .submit(&write10(i, 1), Dir::ToDevice(vec![i; 512]))
+                    .unwrap(),
+            );
+        }
+        let t = serve(std::slice::from_ref(s), &pool, false);
+        assert!(s.wait_for(&ids).iter().all(|c| c.status == 0));
+        let reads: Vec<u16> = (0..8u8)
+            .map(|i| s.sim.submit(&read10(i, 1), Dir::FromDevice(512)).unwrap())
+            .collect();
+        s.irq.write_all(&[0; 4]).unwrap();
+        let got = s.wait_for(&reads);
+        for (i, id) in (0..8u8).zip(&reads) {
+            let c = got.iter().find(|c| c.cmd_id == *id).unwrap();
+            assert_eq!((c.status, c.data_in[0], c.data_in.len()), (0, i, 512));
+        }
+        drop(t);
+        assert!(s.sim.broken().is_none(), "{:?}", s.sim.broken());
+    }
+
+    /// SAM-5 6.3.3: after a LUN RESET on one view, the next command of every
+    /// other nexus gets BUS DEVICE RESET FUNCTION OCCURRED (29/03), even
+    /// when the initiator sends it at once on another path. Repeated: with a
+    /// thread per view, the other view's command could be served first.
+    #[test]
+    fn a_lun_reset_on_one_view_is_seen_by_the_next_command_on_another() {
+        let (mut sides, _dir) = lu_with_views(2);
+        let pool = Arc::new(Pool::new(2, "t-pool").unwrap());
+        let t = serve(&sides, &pool, false);
+        let (a, b) = sides.split_at_mut(1);
+        let (a, b) = (&mut a[0], &mut b[0]);
+        let tur = [0u8; 6];
+        for round in 0..200 {
+            a.sim
+                .submit_tmr(u8::try_from(tcmu_sys::TCMU_TMR_LUN_RESET).unwrap(), &[])
+                .unwrap();
+            a.irq.write_all(&[0; 4]).unwrap();
+            // The kernel answered the TMR: the initiator goes on, on B.
+            let id = b.submit(&tur, Dir::None);
+            let c = &b.wait_for(&[id])[0];
+            assert_eq!(
+                c.status,
+                scsi::sense::status::CHECK_CONDITION,
+                "round {round}"
+            );
+            assert_eq!(
+                (c.sense[2] & 0xf, c.sense[12], c.sense[13]),
+                (0x6, 0x29, 0x03),
+                "round {round}: {:02x?}",
+                c.sense
+            );
+            // Reported once; and never to the issuer.
+            let id = b.submit(&tur, Dir::None);
+            assert_eq!(b.wait_for(&[id])[0].status, 0, "round {round}");
+            let id = a.submit(&tur, Dir::None);
+            assert_eq!(a.wait_for(&[id])[0].status, 0, "round {round}");
+        }
+        drop(t);
+    }
+
+    #[test]
+    fn removal_is_announced_when_the_last_command_completes() {
+        let (mut sides, _dir) = lu_with_views(1);
+        let s = &mut sides[0];
+        let (pool, release) = held_pool();
+        let waker_poll = Poll::new().unwrap();
+        let waker = Arc::new(Waker::new(waker_poll.registry(), Token(9)).unwrap());
+        let (tx, rx) = crossbeam_channel::unbounded();
+        s.core.set_removal_notice(Notice {
+            token: Token(42),
+            tx,
+            waker,
+        });
+        let t = serve(std::slice::from_ref(s), &pool, false);
+        let pr = s.submit(&PR_IN, Dir::FromDevice(8));
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(
+            s.core.begin_removal(5),
+            None,
+            "answered with a command in flight"
+        );
+        assert!(rx.try_recv().is_err(), "announced with a command in flight");
+        release.send(()).unwrap();
+        s.wait_for(&[pr]);
+        assert_eq!(rx.recv_timeout(Duration::from_secs(20)).unwrap(), Token(42));
+        assert_eq!(s.core.removal_ready(), Some(5));
+        drop(t);
+    }
+
+    #[test]
+    fn a_stopped_ring_thread_still_completes_what_is_in_flight() {
+        let (mut sides, _dir) = lu_with_views(1);
+        let s = &mut sides[0];
+        let (pool, release) = held_pool();
+        let t = serve(std::slice::from_ref(s), &pool, false);
+        let pr = s.submit(&PR_IN, Dir::FromDevice(8));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while s.core.in_flight() == 0 {
+            assert!(Instant::now() < deadline, "never read");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        drop(t); // not joined: a command is in flight
+        release.send(()).unwrap();
+        s.wait_for(&[pr]);
+        assert_eq!(s.core.in_flight(), 0);
+    }
+
+    #[test]
+    fn a_view_that_left_is_no_longer_read_the_others_are() {
+        let (mut sides, _dir) = lu_with_views(2);
+        let pool = Arc::new(Pool::new(1, "t-pool").unwrap());
+        let t = serve(&sides, &pool, false);
+        t.leave(Token(16));
+        assert_eq!(t.views(), 1);
+        let (a, b) = sides.split_at_mut(1);
+        let (a, b) = (&mut a[0], &mut b[0]);
+        let ra = a.submit(&read10(0, 1), Dir::FromDevice(512));
+        let rb = b.submit(&read10(0, 1), Dir::FromDevice(512));
+        assert_eq!(b.wait_for(&[rb])[0].status, 0);
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!a.completed().contains(&ra));
+        assert_eq!(a.core.in_flight(), 0, "the left view's entry was read");
+        drop(t);
+    }
+
+    #[test]
+    fn while_the_daemon_stops_new_entries_stay_in_the_ring() {
+        let (mut sides, _dir) = lu_with_views(1);
+        let s = &mut sides[0];
+        let pool = Arc::new(Pool::new(1, "t-pool").unwrap());
+        let t = serve(std::slice::from_ref(s), &pool, true);
+        let r = s.submit(&read10(0, 1), Dir::FromDevice(512));
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!s.completed().contains(&r));
+        assert_eq!(s.sim.in_flight(), 1);
+        assert_eq!(s.core.in_flight(), 0, "the entry was read");
+        drop(t);
+    }
+
+    #[test]
+    fn the_waker_token_is_refused_for_a_view() {
+        let (sides, _dir) = lu_with_views(1);
+        let pool = Arc::new(Pool::new(1, "t-pool").unwrap());
+        let t = LuThread::spawn(
+            "test-lu".into(),
+            "t-lu".into(),
+            pool,
+            Arc::new(AtomicBool::new(false)),
+        )
+        .unwrap();
+        assert!(t.join(WAKE, &sides[0].core).is_err());
+        assert_eq!(t.views(), 0);
+    }
+}
