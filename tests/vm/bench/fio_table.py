@@ -13,9 +13,10 @@ import sys
 NAMES = {"a": "LIO fileio (in-kernel)", "b": "tcmu-prd dlmfile", "c": "tcmu-prd, WERO + 100 registrants",
          "d": "tcmu-prd, cluster mode (DLM)", "i": "LIO iblock (direct-I/O loop device)",
          "w": "tcmu-prd dlmfile, worker_threads = 8",
+         "n": "tcmu-prd dlmfile, direct=0 (page cache)",
          "o": "tcmu-prd dlmfile, the binary before the change",
          "q": "LIO fileio, fio pinned to vCPU 1", "p": "tcmu-prd dlmfile, fio pinned to vCPU 1"}
-ORDER = "aiobcdwqp"
+ORDER = "aiobncdwqp"
 
 
 def load(path):

@@ -37,10 +37,10 @@ bench_fileio() {
   bench_lun naa.5001405000000a01 naa.5001405000000a02 $TARGET/core/fileio_0/a
 }
 
-# bench_user HBA LABEL HEX SIZE: a dlmfile backstore LABEL on user_HBA over
-# $SCRATCH/LABEL.img, exported on port naa.5001405000000<HEX>01; prints the
-# /dev/sdX.
+# bench_user HBA LABEL HEX SIZE [OPTIONS]: a dlmfile backstore LABEL on
+# user_HBA over $SCRATCH/LABEL.img (OPTIONS appended to the cfgstring, e.g.
+# ";direct=0"), exported on port naa.5001405000000<HEX>01; prints the /dev/sdX.
 bench_user() {
-  tcmu_create "$1" "$2" "dev_config=dlmfile/$SCRATCH/$2.img,dev_size=$4,hw_max_sectors=8192" pgr_support=0
+  tcmu_create "$1" "$2" "dev_config=dlmfile/$SCRATCH/$2.img${5:-},dev_size=$4,hw_max_sectors=8192" pgr_support=0
   bench_lun "naa.5001405000000${3}01" "naa.5001405000000${3}02" "$TARGET/core/user_$1/$2"
 }

@@ -1,4 +1,4 @@
-# Benchmark (not part of the default VM run): A/B of the data path in ONE boot, each job repeated 3 times interleaved (so drift in the emulator hits every row alike): (a) LIO fileio, (i) LIO iblock on a direct-I/O loop device, (o) the binary at target/bench-old/tcmu-prd (the "before" of a change, built by tests/vm/bench/build-old REV; skipped if absent), (b) this build, (w) this build with worker_threads = 8; the table shows the median of the repeats and the IOPS range
+# Benchmark (not part of the default VM run): A/B of the data path in ONE boot, each job repeated 3 times interleaved (so drift in the emulator hits every row alike): (a) LIO fileio, (i) LIO iblock on a direct-I/O loop device, (o) the binary at target/bench-old/tcmu-prd (the "before" of a change, built by tests/vm/bench/build-old REV; skipped if absent), (b) this build, (n) this build on an image opened without O_DIRECT (direct=0: the page cache, as LIO fileio uses it), (w) this build with worker_threads = 8; the table shows the median of the repeats and the IOPS range
 #   tests/vm/run tests/vm/bench/profile.sh     (FIO_RUNTIME=seconds per job, default 5)
 # Guest perf (cpu-clock) is useless under TCG: 99 % of the samples land in the idle loop (BENCHMARKS.md), so it is not run here.
 . "$VM_LIB"
@@ -9,8 +9,8 @@ RT="${FIO_RUNTIME:-5}"
 REPS=3
 SIZE=$((160 << 20))
 OLD="$ROOT/target/bench-old/tcmu-prd"
-LABELS="a i b w"
-[ -x "$OLD" ] && LABELS="a i o b w"
+LABELS="a i b n w"
+[ -x "$OLD" ] && LABELS="a i o b n w"
 bench_images $SIZE $LABELS
 declare -A dev
 dev[a]=$(bench_fileio $SIZE)
@@ -30,22 +30,22 @@ conf cur 1; conf w8 2 "worker_threads = 8"; conf old 3
 TCMU_PRD_LOG=info daemon_start cur --config "$ART/cur.toml"
 TCMU_PRD_LOG=info daemon_start w8 --config "$ART/w8.toml"
 if [ -x "$OLD" ]; then TCMU_PRD="$OLD" TCMU_PRD_LOG=info daemon_start old --config "$ART/old.toml"; fi
-declare -A hex=([b]=b [w]=f [o]=d)
-user() {  # LABEL HBA
-  dev[$1]=$(bench_user "$2" "$1" "${hex[$1]}" $SIZE)
+declare -A hex=([b]=b [n]=e [w]=f [o]=d)
+user() {  # LABEL HBA [CFGSTRING OPTIONS]
+  dev[$1]=$(bench_user "$2" "$1" "${hex[$1]}" $SIZE "${3:-}")
 }
-user b 1; user w 2
+user b 1; user n 1 ";direct=0"; user w 2
 [ -x "$OLD" ] && user o 3
 wait_for 60 "views resolved" bash -c "[ \$(cat $ART/*.log | grep -c 'serves one I_T nexus') -ge $(( $(echo $LABELS | wc -w) - 2 )) ]"
 for l in $LABELS; do say "($l) ${dev[$l]}"; done
 
-for w in "randread 4k 1" "randread 4k 32" "randwrite 4k 1" "read 128k 32" "write 128k 32"; do
+for w in "randread 4k 1 1" "randread 4k 32 1" "randread 4k 32 4" "randwrite 4k 1 1" "read 128k 32 1" "write 128k 32 1"; do
   set -- $w
   for r in $(seq 1 $REPS); do
     for l in $LABELS; do
-      fio --name="$l" --filename="${dev[$l]}" --rw="$1" --bs="$2" --iodepth="$3" --numjobs=1 \
-        --direct=1 --ioengine=libaio --time_based --runtime="$RT" --ramp_time=1 \
-        --output-format=json --output="$ART/fio-$l-$1-$2-qd$3-nj1-r$r.json" >/dev/null
+      fio --name="$l" --filename="${dev[$l]}" --rw="$1" --bs="$2" --iodepth="$3" --numjobs="$4" \
+        --direct=1 --ioengine=libaio --time_based --runtime="$RT" --ramp_time=1 --group_reporting \
+        --output-format=json --output="$ART/fio-$l-$1-$2-qd$3-nj$4-r$r.json" >/dev/null
     done
   done
 done
