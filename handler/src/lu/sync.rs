@@ -894,7 +894,10 @@ impl ClusterSync {
         if let Some(h) = &self.ctx.health {
             h.check().inspect_err(|e| self.refused(e))?;
         }
-        let deadline = Instant::now() + self.ctx.bound;
+        // Read the clock only when a command has to wait: in steady state
+        // admission is a mutex and a counter, and a clock read is not free
+        // everywhere (a syscall plus an HPET read in the VM tier's guests).
+        let mut deadline = None;
         loop {
             let seen = self.ctx.ready.generation();
             match self.handle.admit() {
@@ -914,6 +917,7 @@ impl ClusterSync {
                 }
                 Admission::Wait => {
                     let now = Instant::now();
+                    let deadline = *deadline.get_or_insert(now + self.ctx.bound);
                     if now >= deadline {
                         let e = ClusterError::Busy;
                         self.refused(&e);
