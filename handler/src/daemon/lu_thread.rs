@@ -112,16 +112,35 @@ struct Shared {
 struct Returns {
     tx: Sender<Returned>,
     waker: Arc<Waker>,
+    /// Set by the first return since the LU thread last took them: only
+    /// that one wakes it (a waker write is a syscall, and each one makes the
+    /// thread's next poll return).
+    wake_sent: AtomicBool,
 }
 
 impl Returns {
     fn send(&self, core: Arc<Core>, cmd: InFlightCmd, rsp: Response) {
-        let name = core.name.clone();
+        // The name is needed only on an error; clone the Arc, not the name.
+        let c = core.clone();
         if self.tx.send((core, cmd, rsp)).is_err() {
-            error!(device = %name, "ring thread is gone; command left unanswered");
-        } else if let Err(e) = self.waker.wake() {
-            error!(device = %name, "waking the ring thread for a completion: {e}");
+            error!(device = %c.name, "ring thread is gone; command left unanswered");
+            return;
         }
+        // Pairs with the swap in `take_all` (both read-modify-writes of one
+        // flag): if this one comes first, the thread's swap reads it and
+        // so sees this send when it drains; if it comes after, it reads the
+        // cleared flag and wakes the thread.
+        if !self.wake_sent.swap(true, Ordering::AcqRel)
+            && let Err(e) = self.waker.wake()
+        {
+            error!(device = %c.name, "waking the ring thread for a completion: {e}");
+        }
+    }
+
+    /// On the LU thread: takes every return sent so far.
+    fn take_all(&self, done: &Receiver<Returned>, into: &mut Vec<Returned>) {
+        self.wake_sent.swap(false, Ordering::AcqRel);
+        into.extend(done.try_iter());
     }
 }
 
@@ -154,6 +173,7 @@ impl LuThread {
         let back = Arc::new(Returns {
             tx,
             waker: waker.clone(),
+            wake_sent: AtomicBool::new(false),
         });
         let shared = Arc::new(Shared {
             members: Mutex::new(HashMap::new()),
@@ -456,7 +476,7 @@ fn lu_thread(mut poll: Poll, ends: &Ends<'_>) {
                 }
             }
         }
-        returned.extend(ends.done.try_iter());
+        ends.back.take_all(ends.done, &mut returned);
         at_pool = at_pool.saturating_sub(returned.len());
         complete_returned(&mut returned);
         if stop && at_pool == 0 {
@@ -752,6 +772,29 @@ mod tests {
         }
         drop(t);
         assert!(s.sim.broken().is_none(), "{:?}", s.sim.broken());
+    }
+
+    /// Workers returning while the thread drains must never be left
+    /// unwoken (only the first return since the last drain wakes it).
+    #[test]
+    fn no_return_is_left_waiting_when_workers_race_the_thread() {
+        let (mut sides, _dir) = lu_with_views(2);
+        let pool = Arc::new(Pool::new(3, "t-pool").unwrap());
+        let t = serve(&sides, &pool, false);
+        for round in 0..600u32 {
+            let mut ids = [Vec::new(), Vec::new()];
+            for (s, ids) in sides.iter_mut().zip(&mut ids) {
+                for i in 0..12u8 {
+                    ids.push(s.sim.submit(&read10(i, 1), Dir::FromDevice(512)).unwrap());
+                }
+                s.irq.write_all(&[0; 4]).unwrap();
+            }
+            for (s, ids) in sides.iter_mut().zip(&ids) {
+                let got = s.wait_for(ids);
+                assert!(got.iter().all(|c| c.status == 0), "round {round}");
+            }
+        }
+        drop(t);
     }
 
     /// SAM-5 6.3.3: after a LUN RESET on one view, the next command of every
