@@ -210,13 +210,18 @@ impl Daemon {
                 &self.resolver,
                 &self.sharing,
             ) {
-                Ok(device) => self.insert(device),
+                Ok(device) => {
+                    // A failure is logged; the device stays unserved.
+                    let _ = self.insert(device);
+                }
                 Err(e) => error!(device = %dev.id, "cannot serve: {e}"),
             }
         }
     }
 
-    fn insert(&mut self, device: Device) {
+    /// Serves a device on its LU's ring thread. False (logged) if it cannot.
+    #[must_use]
+    fn insert(&mut self, device: Device) -> bool {
         let token = Token(self.next_token);
         self.next_token += 1;
         device.core().set_removal_notice(Notice {
@@ -239,7 +244,7 @@ impl Daemon {
                 }
                 Err(e) => {
                     error!(device = %device.id(), "cannot start its LU's ring thread: {e}");
-                    return;
+                    return false;
                 }
             }
         }
@@ -252,11 +257,12 @@ impl Daemon {
             if t.views() == 0 {
                 self.lu_threads.remove(&key);
             }
-            return;
+            return false;
         }
         info!(device = %device.id(), uio = device.minor(), "serving");
         self.by_minor.insert(device.minor(), token);
         self.devices.insert(token, device);
+        true
     }
 
     /// Forgets a device; the last view of an LU to go stops its ring thread.
@@ -353,8 +359,10 @@ impl Daemon {
                     &self.sharing,
                 ) {
                     Ok(device) => {
-                        self.insert(device);
-                        self.reply(EventKind::Added, ev.device_id, 0, Some(&name));
+                        // Refused (the kernel fails the enable) if we cannot
+                        // serve its ring after all.
+                        let status = if self.insert(device) { 0 } else { -libc::EIO };
+                        self.reply(EventKind::Added, ev.device_id, status, Some(&name));
                     }
                     Err(e) => {
                         error!(device = %name, "refusing to enable: {e}");
