@@ -2,8 +2,9 @@
 //! that LU (every TCMU device on the same image, one per I_T nexus).
 //!
 //! It sleeps on the uio fds of those views, reads every new entry, and runs
-//! a lone READ/WRITE (nothing else of the LU at the worker pool: the
-//! iodepth-1 case) itself, so that command costs no thread hand-off at all.
+//! a lone READ/WRITE (nothing else of the LU at the worker pool, and no
+//! entry arrived while the last such command ran: the iodepth-1 case)
+//! itself, so that command costs no thread hand-off at all.
 //! Anything else (more commands in flight, PR OUT and the other commands that
 //! may wait for the cluster) goes to the shared worker pool, whose workers
 //! send the results back; the thread completes everything it has with one
@@ -330,51 +331,34 @@ impl Core {
     }
 
     /// Reads every new ring entry; runs a lone READ/WRITE here when the LU
-    /// has nothing at the pool (`at_pool`), hands the rest to the pool,
-    /// whose workers send the results back through `back`. Counts what it
-    /// hands over in `at_pool`.
+    /// is at iodepth 1 (see [`Load`]), hands the rest to the pool, whose
+    /// workers send the results back through `back`.
     fn serve(
         self: &Arc<Self>,
         pool: &Pool,
         back: &Arc<Returns>,
         batch: &mut Vec<InFlightCmd>,
-        at_pool: &mut usize,
+        load: &mut Load,
     ) {
         self.ack_wakeup();
         let alone = {
             let mut st = self.lock();
-            let mut n = 0usize;
-            while let Some(ev) = st.ring.poll() {
-                n += 1;
-                match ev {
-                    Ok(RingEvent::Command(cmd)) => batch.push(cmd),
-                    Ok(RingEvent::Tmr(tmr)) => {
-                        if let Some(job) = self.on_tmr(&tmr)
-                            && pool.submit(job).is_err()
-                        {
-                            error!(device = %self.name, "worker pool is gone; reset not applied");
-                        }
-                    }
-                    Err(e) => error!(device = %self.name, "bad ring entry: {e}"),
-                }
-            }
-            tracing::trace!(device = %self.name, entries = n, "ring drained");
-            if let Some(broken) = st.ring.broken() {
-                error!(device = %self.name, "ring is broken, no longer reading it: {broken}");
-            }
-            // Bad entries were answered CHECK CONDITION by poll.
-            if let Err(e) = st.ring.flush() {
-                error!(device = %self.name, "waking the kernel for completions: {e}");
-            }
-            *at_pool == 0
+            self.drain(&mut st, pool, batch);
+            load.inline_ok()
                 && batch.len() == 1
                 && st.ring.in_flight() == 1
                 && runs_inline(batch[0].cdb())
         };
         if alone && let Some(mut cmd) = batch.pop() {
             let rsp = execute(&self.view, &mut cmd);
-            self.complete([(cmd, rsp)].into_iter());
-            return;
+            let mut st = self.lock();
+            // Entries that came while it ran: the initiator keeps more than
+            // one command outstanding, so stop running them one by one here.
+            self.drain(&mut st, pool, batch);
+            self.complete_locked(&mut st, std::iter::once((cmd, rsp)));
+            if !batch.is_empty() {
+                load.arrived_during_inline();
+            }
         }
         for cmd in batch.drain(..) {
             let (core, back) = (self.clone(), back.clone());
@@ -384,7 +368,7 @@ impl Core {
                 back.send(core, cmd, rsp);
             });
             match pool.submit(job) {
-                Ok(()) => *at_pool += 1,
+                Ok(()) => load.handed_to_pool(),
                 Err(_) => {
                     error!(device = %self.name, "worker pool is gone; command left unanswered");
                 }
@@ -392,9 +376,44 @@ impl Core {
         }
     }
 
+    /// Moves every new command of the ring into `batch` and acts on TMRs.
+    fn drain(&self, st: &mut RingState, pool: &Pool, batch: &mut Vec<InFlightCmd>) {
+        let mut n = 0usize;
+        while let Some(ev) = st.ring.poll() {
+            n += 1;
+            match ev {
+                Ok(RingEvent::Command(cmd)) => batch.push(cmd),
+                Ok(RingEvent::Tmr(tmr)) => {
+                    if let Some(job) = self.on_tmr(&tmr)
+                        && pool.submit(job).is_err()
+                    {
+                        error!(device = %self.name, "worker pool is gone; reset not applied");
+                    }
+                }
+                Err(e) => error!(device = %self.name, "bad ring entry: {e}"),
+            }
+        }
+        tracing::trace!(device = %self.name, entries = n, "ring drained");
+        if let Some(broken) = st.ring.broken() {
+            error!(device = %self.name, "ring is broken, no longer reading it: {broken}");
+        }
+        // Bad entries were answered CHECK CONDITION by poll.
+        if let Err(e) = st.ring.flush() {
+            error!(device = %self.name, "waking the kernel for completions: {e}");
+        }
+    }
+
     /// Completes finished commands and wakes the kernel once for all of them.
     fn complete(&self, done: impl Iterator<Item = (InFlightCmd, Response)>) {
         let mut st = self.lock();
+        self.complete_locked(&mut st, done);
+    }
+
+    fn complete_locked(
+        &self,
+        st: &mut RingState,
+        done: impl Iterator<Item = (InFlightCmd, Response)>,
+    ) {
         let mut n = 0usize;
         for (cmd, rsp) in done {
             n += 1;
@@ -437,6 +456,43 @@ impl Core {
     }
 }
 
+/// What the LU thread knows of its recent load, to decide whether a lone
+/// READ/WRITE runs on the thread itself (no hand-off: the iodepth-1 case).
+#[derive(Debug, Default)]
+struct Load {
+    /// Commands handed to the pool and not yet back.
+    at_pool: usize,
+    /// Commands to hand to the pool before one runs inline again. Set when
+    /// entries arrived while one ran inline: the initiator keeps several
+    /// outstanding, and a batch that happens to hold one command is then
+    /// not iodepth 1; running those one by one here would serialize them.
+    no_inline_for: usize,
+}
+
+/// How many commands go to the pool after entries arrived during an inline
+/// one, before the thread tries inline again (one probe per this many
+/// commands costs little at depth).
+const NO_INLINE_AFTER_ARRIVALS: usize = 256;
+
+impl Load {
+    fn inline_ok(&self) -> bool {
+        self.at_pool == 0 && self.no_inline_for == 0
+    }
+
+    fn arrived_during_inline(&mut self) {
+        self.no_inline_for = NO_INLINE_AFTER_ARRIVALS;
+    }
+
+    fn handed_to_pool(&mut self) {
+        self.at_pool += 1;
+        self.no_inline_for = self.no_inline_for.saturating_sub(1);
+    }
+
+    fn returned(&mut self, n: usize) {
+        self.at_pool = self.at_pool.saturating_sub(n);
+    }
+}
+
 /// What the LU thread works with.
 struct Ends<'a> {
     lu: &'a str,
@@ -458,7 +514,7 @@ fn lu_thread(mut poll: Poll, ends: &Ends<'_>) {
     let mut events = Events::with_capacity(16);
     let mut batch = Vec::with_capacity(64);
     let mut returned: Vec<Returned> = Vec::with_capacity(64);
-    let mut at_pool = 0usize;
+    let mut load = Load::default();
     loop {
         let stop = ends.shared.stop.load(Ordering::Acquire);
         // New commands first: dispatching them keeps the workers busy while
@@ -472,14 +528,14 @@ fn lu_thread(mut poll: Poll, ends: &Ends<'_>) {
             for token in ready {
                 let core = lock(&ends.shared.members).get(&token).cloned();
                 if let Some(core) = core {
-                    core.serve(ends.pool, ends.back, &mut batch, &mut at_pool);
+                    core.serve(ends.pool, ends.back, &mut batch, &mut load);
                 }
             }
         }
         ends.back.take_all(ends.done, &mut returned);
-        at_pool = at_pool.saturating_sub(returned.len());
+        load.returned(returned.len());
         complete_returned(&mut returned);
-        if stop && at_pool == 0 {
+        if stop && load.at_pool == 0 {
             return;
         }
         if let Err(e) = poll.poll(&mut events, None) {
@@ -631,6 +687,69 @@ mod tests {
     /// An LU on memory with `n` views, each on its own nexus (SAS address
     /// 1..=n) and simulated ring.
     fn lu_with_views(n: u64) -> (Vec<Side>, tempfile::TempDir) {
+        lu_on(n, Arc::new(crate::backing::MemBacking::new(1 << 20, 4096)))
+    }
+
+    /// Memory whose next read, once armed, says it started and waits to be
+    /// let go (a slow medium, at a moment the test chooses).
+    #[derive(Debug)]
+    struct Gated {
+        mem: crate::backing::MemBacking,
+        gate: Mutex<Option<(mpsc::Sender<()>, mpsc::Receiver<()>)>>,
+    }
+
+    impl Gated {
+        /// Arms the gate: returns (started, let go).
+        fn arm(&self) -> (mpsc::Receiver<()>, mpsc::Sender<()>) {
+            let (started_tx, started) = mpsc::channel();
+            let (go, go_rx) = mpsc::channel();
+            *lock(&self.gate) = Some((started_tx, go_rx));
+            (started, go)
+        }
+    }
+
+    impl crate::backing::Backing for Gated {
+        fn len(&self) -> u64 {
+            self.mem.len()
+        }
+        fn is_read_only(&self) -> bool {
+            false
+        }
+        fn read_vectored_at(
+            &self,
+            bufs: &mut [std::io::IoSliceMut<'_>],
+            offset: u64,
+        ) -> std::io::Result<()> {
+            let armed = lock(&self.gate).take();
+            if let Some((started, go)) = armed {
+                started.send(()).unwrap();
+                go.recv().unwrap();
+            }
+            self.mem.read_vectored_at(bufs, offset)
+        }
+        fn write_vectored_at(
+            &self,
+            bufs: &[std::io::IoSlice<'_>],
+            offset: u64,
+            fua: bool,
+        ) -> std::io::Result<()> {
+            self.mem.write_vectored_at(bufs, offset, fua)
+        }
+        fn sync(&self) -> std::io::Result<()> {
+            self.mem.sync()
+        }
+        fn supports_discard(&self) -> bool {
+            false
+        }
+        fn discard(&self, offset: u64, len: u64) -> std::io::Result<()> {
+            self.mem.discard(offset, len)
+        }
+        fn write_zeroes(&self, offset: u64, len: u64) -> std::io::Result<()> {
+            self.mem.write_zeroes(offset, len)
+        }
+    }
+
+    fn lu_on(n: u64, backing: Arc<dyn crate::backing::Backing>) -> (Vec<Side>, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         let id = Identity::from_random(&[7; 13]);
         let identity = LuIdentity {
@@ -640,7 +759,6 @@ mod tests {
             product: "tcmu-prd".into(),
             revision: "0001".into(),
         };
-        let backing = Arc::new(crate::backing::MemBacking::new(1 << 20, 4096));
         let scsi = scsi::Lu::new(LuConfig::new(512, identity), backing).unwrap();
         let lu = Arc::new(Lu::for_tests(scsi, LuState::new(id), &dir.path().join("s")).unwrap());
         let sides = (1..=n)
@@ -742,6 +860,67 @@ mod tests {
         drop(t);
         assert!(a.sim.broken().is_none(), "{:?}", a.sim.broken());
         assert!(b.sim.broken().is_none(), "{:?}", b.sim.broken());
+    }
+
+    /// Entries that arrive while a lone command runs on the thread show the
+    /// initiator is not at iodepth 1: they go to the pool, and so do the
+    /// next lone commands, until NO_INLINE_AFTER_ARRIVALS have gone there.
+    #[test]
+    fn entries_arriving_during_an_inline_command_stop_inlining() {
+        let gated = Arc::new(Gated {
+            mem: crate::backing::MemBacking::new(1 << 20, 4096),
+            gate: Mutex::new(None),
+        });
+        let (mut sides, _dir) = lu_on(1, gated.clone());
+        let s = &mut sides[0];
+        let pool = Arc::new(Pool::new(1, "t-pool").unwrap());
+        let t = serve(std::slice::from_ref(s), &pool, false);
+        let (started, go) = gated.arm();
+        let first = s.submit(&read10(0, 1), Dir::FromDevice(512));
+        started.recv_timeout(Duration::from_secs(20)).unwrap();
+        // The thread is inside the first read: two more come meanwhile.
+        let more = [
+            s.submit(&read10(1, 1), Dir::FromDevice(512)),
+            s.submit(&read10(2, 1), Dir::FromDevice(512)),
+        ];
+        go.send(()).unwrap();
+        assert!(
+            s.wait_for(&[first, more[0], more[1]])
+                .iter()
+                .all(|c| c.status == 0)
+        );
+        // A lone READ now queues behind the held worker instead of running
+        // on the thread.
+        let (_, release) = {
+            let (tx, rx) = mpsc::channel::<()>();
+            pool.submit(Box::new(move || {
+                let _ = rx.recv();
+            }))
+            .unwrap_or_else(|_| panic!("submit refused"));
+            ((), tx)
+        };
+        let lone = s.submit(&read10(3, 1), Dir::FromDevice(512));
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!s.completed().contains(&lone), "ran inline at depth");
+        release.send(()).unwrap();
+        assert_eq!(s.wait_for(&[lone])[0].status, 0);
+        drop(t);
+    }
+
+    #[test]
+    fn load_allows_inline_again_after_enough_commands_went_to_the_pool() {
+        let mut load = Load::default();
+        assert!(load.inline_ok());
+        load.arrived_during_inline();
+        for _ in 0..NO_INLINE_AFTER_ARRIVALS - 1 {
+            load.handed_to_pool();
+            load.returned(1);
+            assert!(!load.inline_ok());
+        }
+        load.handed_to_pool();
+        assert!(!load.inline_ok(), "one is still at the pool");
+        load.returned(1);
+        assert!(load.inline_ok());
     }
 
     #[test]
