@@ -1,4 +1,4 @@
-# Benchmark (not part of the default VM run): A/B of the data path in ONE boot, each job repeated 3 times interleaved (so drift in the emulator hits every row alike): (a) LIO fileio, (i) LIO iblock on a direct-I/O loop device, (o) the binary at target/bench-old/tcmu-prd (the "before" of a change, built by tests/vm/bench/build-old REV; skipped if absent), (b) this build, (n) this build on an image opened without O_DIRECT (direct=0: the page cache, as LIO fileio uses it), (w) this build with worker_threads = 8; the table shows the median of the repeats and the IOPS range
+# Benchmark (not part of the default VM run): A/B of the data path in ONE boot, each job repeated 3 times interleaved, every other repeat in reverse order (so drift in the emulator and a row's place in the sequence hit every row alike): (a) LIO fileio, (i) LIO iblock on a direct-I/O loop device, (o) the binary at target/bench-old/tcmu-prd (the "before" of a change, built by tests/vm/bench/build-old REV; skipped if absent), (b) this build, (n) this build on an image opened without O_DIRECT (direct=0: the page cache, as LIO fileio uses it), (w) this build with worker_threads = 8; the table shows the median of the repeats and the IOPS range
 #   tests/vm/run tests/vm/bench/profile.sh     (FIO_RUNTIME=seconds per job, default 5)
 # Guest perf (cpu-clock) is useless under TCG: 99 % of the samples land in the idle loop (BENCHMARKS.md), so it is not run here.
 . "$VM_LIB"
@@ -42,7 +42,11 @@ for l in $LABELS; do say "($l) ${dev[$l]}"; done
 for w in "randread 4k 1 1" "randread 4k 32 1" "randread 4k 32 4" "randwrite 4k 1 1" "read 128k 32 1" "write 128k 32 1"; do
   set -- $w
   for r in $(seq 1 $REPS); do
-    for l in $LABELS; do
+    # Every other repeat in reverse order: a row's place in the sequence
+    # (what ran just before it) must not favour it.
+    order=$LABELS
+    [ $((r % 2)) -eq 1 ] || order=$(echo $LABELS | tr ' ' '\n' | tac | tr '\n' ' ')
+    for l in $order; do
       fio --name="$l" --filename="${dev[$l]}" --rw="$1" --bs="$2" --iodepth="$3" --numjobs="$4" \
         --direct=1 --ioengine=libaio --time_based --runtime="$RT" --ramp_time=1 --group_reporting \
         --output-format=json --output="$ART/fio-$l-$1-$2-qd$3-nj$4-r$r.json" >/dev/null
