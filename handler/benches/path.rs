@@ -16,7 +16,7 @@ use tcmu_prd::backing::MemBacking;
 use tcmu_prd::lu::state::{Identity, LuState};
 use tcmu_prd::lu::{Lu, View};
 use tcmu_prd::pr::{Nexus, PrState};
-use tcmu_prd::scsi::{self, LuConfig, LuIdentity, NaaId, TargetPort};
+use tcmu_prd::scsi::{self, LuConfig, TargetPort};
 
 /// READ(10), LBA 16, 8 blocks of 512 bytes.
 const READ_10_4K: [u8; 10] = [0x28, 0, 0, 0, 0x10, 0, 0, 0, 8, 0];
@@ -31,13 +31,7 @@ const PORT: TargetPort = TargetPort {
 
 fn view(dir: &std::path::Path, tag: &str, pr: PrState, nexus: Nexus) -> View {
     let id = Identity::from_random(&[7; 13]);
-    let identity = LuIdentity {
-        naa: NaaId::new(&id.naa).expect("NAA 6"),
-        serial: id.serial.clone(),
-        vendor: "LIO-ORG".into(),
-        product: "tcmu-prd".into(),
-        revision: "0001".into(),
-    };
+    let identity = id.lu_identity(None).expect("NAA 6");
     let backing = Arc::new(MemBacking::new(64 << 20, 4096));
     let scsi = scsi::Lu::new(LuConfig::new(512, identity), backing).expect("valid LU");
     let state = LuState {

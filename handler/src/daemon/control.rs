@@ -553,18 +553,12 @@ mod tests {
     use crate::control::{ClientError, call};
     use crate::lu::state::{Identity, LuState};
     use crate::pr::{self, Registration, TransportId};
-    use crate::scsi::{self, LuConfig, LuIdentity, NaaId};
+    use crate::scsi::{self, LuConfig};
 
     /// A test LU with one registration, and a view of it.
     fn lu(dir: &Path, name: &str) -> Arc<Lu> {
         let id = Identity::from_random(&[3; 13]);
-        let identity = LuIdentity {
-            naa: NaaId::new(&id.naa).unwrap(),
-            serial: id.serial.clone(),
-            vendor: "LIO-ORG".into(),
-            product: "tcmu-prd".into(),
-            revision: "0001".into(),
-        };
+        let identity = id.lu_identity(None).unwrap();
         let backing = Arc::new(crate::backing::MemBacking::new(1 << 20, 4096));
         let scsi = scsi::Lu::new(LuConfig::new(512, identity), backing).unwrap();
         let mut state = LuState::new(id);

@@ -616,7 +616,7 @@ mod tests {
     use crate::lu::state::{Identity, LuState};
     use crate::pr::{self, TransportId};
     use crate::ring::sim::{Completion, Dir, SimKernel};
-    use crate::scsi::{self, LuConfig, LuIdentity, NaaId};
+    use crate::scsi::{self, LuConfig};
     use std::io::{Read, Write};
     use std::os::unix::net::UnixStream;
     use std::path::PathBuf;
@@ -752,13 +752,7 @@ mod tests {
     fn lu_on(n: u64, backing: Arc<dyn crate::backing::Backing>) -> (Vec<Side>, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         let id = Identity::from_random(&[7; 13]);
-        let identity = LuIdentity {
-            naa: NaaId::new(&id.naa).unwrap(),
-            serial: id.serial.clone(),
-            vendor: "LIO-ORG".into(),
-            product: "tcmu-prd".into(),
-            revision: "0001".into(),
-        };
+        let identity = id.lu_identity(None).unwrap();
         let scsi = scsi::Lu::new(LuConfig::new(512, identity), backing).unwrap();
         let lu = Arc::new(Lu::for_tests(scsi, LuState::new(id), &dir.path().join("s")).unwrap());
         let sides = (1..=n)
@@ -819,12 +813,18 @@ mod tests {
     /// A pool whose only worker is held until the returned sender is used.
     fn held_pool() -> (Arc<Pool>, mpsc::Sender<()>) {
         let pool = Arc::new(Pool::new(1, "t-held").unwrap());
+        let release = hold(&pool);
+        (pool, release)
+    }
+
+    /// Occupies one worker of `pool` until the returned sender is used.
+    fn hold(pool: &Pool) -> mpsc::Sender<()> {
         let (tx, rx) = mpsc::channel::<()>();
         pool.submit(Box::new(move || {
             let _ = rx.recv();
         }))
         .unwrap_or_else(|_| panic!("submit refused"));
-        (pool, tx)
+        tx
     }
 
     #[test]
@@ -891,14 +891,7 @@ mod tests {
         );
         // A lone READ now queues behind the held worker instead of running
         // on the thread.
-        let (_, release) = {
-            let (tx, rx) = mpsc::channel::<()>();
-            pool.submit(Box::new(move || {
-                let _ = rx.recv();
-            }))
-            .unwrap_or_else(|_| panic!("submit refused"));
-            ((), tx)
-        };
+        let release = hold(&pool);
         let lone = s.submit(&read10(3, 1), Dir::FromDevice(512));
         std::thread::sleep(Duration::from_millis(50));
         assert!(!s.completed().contains(&lone), "ran inline at depth");

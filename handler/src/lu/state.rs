@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cluster::ua::UaLog;
 use crate::pr::{Nexus, PrState};
+use crate::scsi::{ConfigError, LuIdentity, NaaId};
 
 /// The state format this build writes and reads.
 pub const FORMAT: u32 = 1;
@@ -26,6 +27,23 @@ pub struct Identity {
 const OUI: u32 = 0x00_1405;
 
 impl Identity {
+    /// What INQUIRY and the VPD pages report for this identity: LIO's vendor
+    /// string, our product and revision, the NAA designator, and the unit
+    /// serial (`serial` overrides the identity's own, from the cfgstring).
+    ///
+    /// # Errors
+    ///
+    /// A NAA designator of the wrong length for its type (a damaged state).
+    pub fn lu_identity(&self, serial: Option<&str>) -> Result<LuIdentity, ConfigError> {
+        Ok(LuIdentity {
+            naa: NaaId::new(&self.naa)?,
+            serial: serial.unwrap_or(&self.serial).to_owned(),
+            vendor: "LIO-ORG".into(),
+            product: "tcmu-prd".into(),
+            revision: "0001".into(),
+        })
+    }
+
     /// A new, random identity: NAA 6 with LIO's company id and 100 random
     /// bits. `random` supplies 13 bytes.
     #[must_use]
@@ -139,6 +157,28 @@ impl LuState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lu_identity_reports_the_naa_and_the_serial_or_its_override() {
+        let id = Identity::from_random(&[0x5a; 13]);
+        let own = id.lu_identity(None).unwrap();
+        assert_eq!(own.naa.as_bytes(), &id.naa[..]);
+        assert_eq!(own.serial, id.serial);
+        assert_eq!(
+            (
+                own.vendor.as_str(),
+                own.product.as_str(),
+                own.revision.as_str()
+            ),
+            ("LIO-ORG", "tcmu-prd", "0001")
+        );
+        assert_eq!(id.lu_identity(Some("tc1")).unwrap().serial, "tc1");
+        let damaged = Identity {
+            naa: id.naa[..15].to_vec(),
+            serial: id.serial.clone(),
+        };
+        assert_eq!(damaged.lu_identity(None).unwrap_err(), ConfigError::BadNaa);
+    }
 
     #[test]
     fn identity_is_naa6_with_lio_oui() {

@@ -23,7 +23,7 @@ use crate::cluster::store::StoreError;
 use crate::config::DeviceConfig;
 use crate::nexus::{self, ViewNexus};
 use crate::pr::{self, TransportId, UaQueues};
-use crate::scsi::{self, LuConfig, LuIdentity, NaaId, SenseCode, SenseInfo};
+use crate::scsi::{self, LuConfig, SenseCode, SenseInfo};
 
 /// Why an LU or view cannot be opened.
 #[derive(Debug, thiserror::Error)]
@@ -134,16 +134,7 @@ impl Lu {
             });
         }
         let (sync, state) = StateSync::open(cfg, sharing)?;
-        let identity = LuIdentity {
-            naa: NaaId::new(&state.identity.naa)?,
-            serial: cfg
-                .serial
-                .clone()
-                .unwrap_or_else(|| state.identity.serial.clone()),
-            vendor: "LIO-ORG".into(),
-            product: "tcmu-prd".into(),
-            revision: "0001".into(),
-        };
+        let identity = state.identity.lu_identity(cfg.serial.as_deref())?;
         let mut lc = LuConfig::new(block_size, identity);
         lc.hw_max_sectors = hw_max_sectors;
         lc.write_cache = write_cache;
@@ -1106,13 +1097,7 @@ mod tests {
         use crate::pr::{Holder, PrType, Registration, Reservation};
         let dir = tempfile::tempdir().unwrap();
         let id = crate::lu::state::Identity::from_random(&[1; 13]);
-        let identity = LuIdentity {
-            naa: NaaId::new(&id.naa).unwrap(),
-            serial: id.serial.clone(),
-            vendor: "LIO-ORG".into(),
-            product: "tcmu-prd".into(),
-            revision: "0001".into(),
-        };
+        let identity = id.lu_identity(None).unwrap();
         let backing = Arc::new(crate::backing::MemBacking::new(1 << 20, 4096));
         let scsi = scsi::Lu::new(LuConfig::new(512, identity), backing).unwrap();
         let holder = pr::Nexus {
@@ -1157,13 +1142,7 @@ mod tests {
     fn registration_answer_follows_state_and_nexus_changes() {
         let dir = tempfile::tempdir().unwrap();
         let id = crate::lu::state::Identity::from_random(&[3; 13]);
-        let identity = LuIdentity {
-            naa: NaaId::new(&id.naa).unwrap(),
-            serial: id.serial.clone(),
-            vendor: "LIO-ORG".into(),
-            product: "tcmu-prd".into(),
-            revision: "0001".into(),
-        };
+        let identity = id.lu_identity(None).unwrap();
         let backing = Arc::new(crate::backing::MemBacking::new(1 << 20, 4096));
         let scsi = scsi::Lu::new(LuConfig::new(512, identity), backing).unwrap();
         let lu =
@@ -1245,13 +1224,7 @@ mod tests {
     fn lu_reset_tells_the_other_nexuses() {
         let dir = tempfile::tempdir().unwrap();
         let id = crate::lu::state::Identity::from_random(&[2; 13]);
-        let identity = LuIdentity {
-            naa: NaaId::new(&id.naa).unwrap(),
-            serial: id.serial.clone(),
-            vendor: "LIO-ORG".into(),
-            product: "tcmu-prd".into(),
-            revision: "0001".into(),
-        };
+        let identity = id.lu_identity(None).unwrap();
         let backing = Arc::new(crate::backing::MemBacking::new(1 << 20, 4096));
         let scsi = scsi::Lu::new(LuConfig::new(512, identity), backing).unwrap();
         let nexus = |a| pr::Nexus {
@@ -1298,13 +1271,7 @@ mod tests {
         for aptpl in [false, true] {
             let dir = tempfile::tempdir().unwrap();
             let id = crate::lu::state::Identity::from_random(&[3; 13]);
-            let identity = LuIdentity {
-                naa: NaaId::new(&id.naa).unwrap(),
-                serial: id.serial.clone(),
-                vendor: "LIO-ORG".into(),
-                product: "tcmu-prd".into(),
-                revision: "0001".into(),
-            };
+            let identity = id.lu_identity(None).unwrap();
             let backing = Arc::new(crate::backing::MemBacking::new(1 << 20, 4096));
             let scsi = scsi::Lu::new(LuConfig::new(512, identity), backing).unwrap();
             let n = pr::Nexus {
