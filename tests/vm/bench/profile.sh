@@ -1,12 +1,14 @@
 # Benchmark (not part of the default VM run): A/B of the data path in ONE boot, each job repeated 3 times interleaved, every other repeat in reverse order (so drift in the emulator and a row's place in the sequence hit every row alike): (a) LIO fileio, (i) LIO iblock on a direct-I/O loop device, (o) the binary at target/bench-old/tcmu-prd (the "before" of a change, built by tests/vm/bench/build-old REV; skipped if absent), (b) this build, (n) this build on an image opened without O_DIRECT (direct=0: the page cache, as LIO fileio uses it), (w) this build with worker_threads = 8; the table shows the median of the repeats and the IOPS range
 #   tests/vm/run tests/vm/bench/profile.sh     (FIO_RUNTIME=seconds per job, default 5)
+# To look at a few jobs only: PROFILE_JOBS="randread 4k 32 1,randread 4k 1 1" (rw bs iodepth numjobs, comma-separated), PROFILE_REPS=5 (default 3).
 # Guest perf (cpu-clock) is useless under TCG: 99 % of the samples land in the idle loop (BENCHMARKS.md), so it is not run here.
 . "$VM_LIB"
 . "$ROOT/tests/vm/bench/lib.sh"
 need_target
 bench_scratch
 RT="${FIO_RUNTIME:-5}"
-REPS=3
+REPS="${PROFILE_REPS:-3}"
+JOBS="${PROFILE_JOBS:-randread 4k 1 1,randread 4k 32 1,randread 4k 32 4,randwrite 4k 1 1,read 128k 32 1,write 128k 32 1}"
 SIZE=$((160 << 20))
 OLD="$ROOT/target/bench-old/tcmu-prd"
 LABELS="a i b n w"
@@ -39,7 +41,8 @@ user b 1; user n 1 ";direct=0"; user w 2
 wait_for 60 "views resolved" bash -c "[ \$(cat $ART/*.log | grep -c 'serves one I_T nexus') -ge $(( $(echo $LABELS | wc -w) - 2 )) ]"
 for l in $LABELS; do say "($l) ${dev[$l]}"; done
 
-for w in "randread 4k 1 1" "randread 4k 32 1" "randread 4k 32 4" "randwrite 4k 1 1" "read 128k 32 1" "write 128k 32 1"; do
+IFS=, read -ra jobs <<< "$JOBS"
+for w in "${jobs[@]}"; do
   set -- $w
   for r in $(seq 1 $REPS); do
     # Every other repeat in reverse order: a row's place in the sequence
