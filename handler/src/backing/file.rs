@@ -365,6 +365,11 @@ impl Backing for FileBacking {
         self.read_only
     }
 
+    fn async_file(&self) -> Option<(std::os::fd::BorrowedFd<'_>, usize)> {
+        use std::os::fd::AsFd;
+        Some((self.file.as_fd(), if self.direct { self.align } else { 1 }))
+    }
+
     fn read_vectored_at(&self, bufs: &mut [IoSliceMut<'_>], offset: u64) -> io::Result<()> {
         let total = iov::total_len_mut(bufs);
         self.check_range(offset, total)?;

@@ -48,6 +48,14 @@ pub trait Backing: Send + Sync + std::fmt::Debug {
     /// Make every completed write durable (fdatasync).
     fn sync(&self) -> io::Result<()>;
 
+    /// The open file behind the medium and the alignment its offsets and
+    /// buffers need, for asynchronous I/O that bypasses
+    /// [`Backing::read_vectored_at`]/[`Backing::write_vectored_at`]
+    /// (`ring::uring`). `None`: this backing only does its own I/O.
+    fn async_file(&self) -> Option<(std::os::fd::BorrowedFd<'_>, usize)> {
+        None
+    }
+
     /// True if [`Backing::discard`] deallocates (so reads return zeros and
     /// [`Backing::extent`] reports the range unmapped).
     fn supports_discard(&self) -> bool;

@@ -2,6 +2,7 @@
 //! engines (SCSI emulation, PR). Every view of an LU shares one `scsi::Lu`
 //! and one PR state; each view adds its own I_T nexus and target port.
 
+pub mod gate;
 pub mod resolver;
 pub mod state;
 pub mod sync;
@@ -9,4 +10,4 @@ pub mod view;
 
 pub use resolver::Resolver;
 pub use sync::Sharing;
-pub use view::{Lu, Lus, NexusInfo, OpenError, View};
+pub use view::{Lu, Lus, NexusInfo, OpenError, RwIo, View};

@@ -746,10 +746,34 @@ impl StateSync {
     /// this node last looked into `queue`. Admits (and releases at once) to
     /// see the newest state. Local mode: nothing to do.
     pub fn sync_uas(&self, nexus: &Nexus, queue: &Mutex<UaQueues>) -> Result<(), ClusterError> {
-        let StateSync::Cluster(c) = self else {
+        let StateSync::Cluster(_) = self else {
             return Ok(());
         };
-        let adm = c.admit()?;
+        let adm = self.admit()?;
+        self.sync_uas_admitted(&adm, nexus, queue);
+        Ok(())
+    }
+
+    /// An admission that needs no wait, or `None`: in cluster mode while the
+    /// LU's lock is being (re)acquired or drained, or while it refuses
+    /// commands (the blocking [`StateSync::admit`] then waits, or answers
+    /// with the reason). Local mode always admits.
+    pub fn try_admit(&self) -> Option<Admitted> {
+        match self {
+            StateSync::Local(_) => Some(Admitted {
+                state: self.current(),
+                _ticket: None,
+            }),
+            StateSync::Cluster(c) => c.try_admit(),
+        }
+    }
+
+    /// [`StateSync::sync_uas`] against an admission the caller holds (the
+    /// same state its command then runs against).
+    pub fn sync_uas_admitted(&self, adm: &Admitted, nexus: &Nexus, queue: &Mutex<UaQueues>) {
+        let StateSync::Cluster(c) = self else {
+            return;
+        };
         let log = &adm.state().uas;
         let mut d = c
             .delivered
@@ -759,7 +783,7 @@ impl StateSync {
             // A view we have not seen a command from: it starts after the
             // log's end (its power-on UA supersedes older conditions).
             d.attach(nexus.clone(), log);
-            return Ok(());
+            return;
         }
         let pending: Vec<(u64, Ua)> = d
             .pending(nexus, log)
@@ -780,7 +804,6 @@ impl StateSync {
                 .establish(&uas);
             d.delivered(nexus, last);
         }
-        Ok(())
     }
 
     /// A COMPARE AND WRITE hook taking the LU's cluster CAW lock (cluster
@@ -903,9 +926,7 @@ impl ClusterSync {
             match self.handle.admit() {
                 Admission::Serve(t) => {
                     let state = self.decoded(&t).inspect_err(|e| self.refused(e))?;
-                    if self.refusing.swap(false, Ordering::Relaxed) {
-                        info!(lu = %self.id, seq = t.seq(), "serving again");
-                    }
+                    self.serving(&t);
                     return Ok(Admitted {
                         state,
                         _ticket: Some(t),
@@ -928,6 +949,30 @@ impl ClusterSync {
                         .wait(seen, (deadline - now).min(Duration::from_millis(200)));
                 }
             }
+        }
+    }
+
+    fn try_admit(&self) -> Option<Admitted> {
+        if let Some(h) = &self.ctx.health {
+            h.check().ok()?;
+        }
+        match self.handle.admit() {
+            Admission::Serve(t) => {
+                let state = self.decoded(&t).ok()?;
+                self.serving(&t);
+                Some(Admitted {
+                    state,
+                    _ticket: Some(t),
+                })
+            }
+            Admission::Refused(_) | Admission::Wait => None,
+        }
+    }
+
+    /// Logs the end of a refusal, once.
+    fn serving(&self, t: &Ticket) {
+        if self.refusing.swap(false, Ordering::Relaxed) {
+            info!(lu = %self.id, seq = t.seq(), "serving again");
         }
     }
 

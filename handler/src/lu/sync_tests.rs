@@ -543,3 +543,66 @@ fn spc2_probe_unanswered_in_time_is_busy_and_the_conflict_stands() {
     b.spc2_probe().unwrap();
     assert_eq!(remote_holder(&b), None);
 }
+
+#[test]
+fn try_admit_admits_without_waiting_or_says_none() {
+    use crate::cluster::health::Probe;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = device(dir.path());
+    let health = Arc::new(Health::new("ls", Duration::from_millis(300)));
+    let nodes = cluster_with_health(vec![None, Some(health.clone())]);
+    let (a, _) = StateSync::open(&cfg, &nodes[0]).unwrap();
+    let (b, _) = StateSync::open(&cfg, &nodes[1]).unwrap();
+    // Freshly opened, B holds no lock yet: only a blocking admission takes it.
+    assert!(b.try_admit().is_none());
+    drop(b.admit().unwrap());
+    let running = b.try_admit().expect("serving: admitted at once");
+    assert_eq!(running.state().pr.generation, 0);
+    let (tx, rx) = mpsc::channel();
+    thread::scope(|s| {
+        s.spawn(|| tx.send(a.update(bump_generation).map(|r| r.0)).unwrap());
+        // While A's update drains B, B admits nothing new without waiting.
+        let deadline = Instant::now() + Duration::from_secs(3);
+        loop {
+            match b.try_admit() {
+                None => break,
+                Some(t) => drop(t),
+            }
+            assert!(Instant::now() < deadline, "B never stopped admitting");
+            thread::sleep(Duration::from_millis(5));
+        }
+        drop(running);
+        assert_eq!(rx.recv_timeout(Duration::from_secs(3)).unwrap().unwrap(), 1);
+    });
+    // The state the update wrote, once B serves again (after a blocking
+    // admission re-acquired its lock).
+    drop(b.admit().unwrap());
+    assert_eq!(b.try_admit().unwrap().state().pr.generation, 1);
+    // Unit attentions come with the admission held.
+    let q = Mutex::new(UaQueues::default());
+    let x = nexus(0x30);
+    b.sync_uas_admitted(&b.try_admit().unwrap(), &x, &q);
+    let target = x.clone();
+    a.update(move |s| {
+        let uas = vec![UnitAttention {
+            nexus: target,
+            ua: Ua::RegistrationsPreempted,
+        }];
+        ((), Some(s.clone()), uas)
+    })
+    .unwrap();
+    drop(b.admit().unwrap());
+    b.sync_uas_admitted(&b.try_admit().unwrap(), &x, &q);
+    assert_eq!(q.lock().unwrap().take(&x), Some(Ua::RegistrationsPreempted));
+    // A stopped lockspace: none, and no DLM request.
+    let before = b.dlm_requests();
+    health.apply(&Probe::Stopped(0), Instant::now());
+    assert!(b.try_admit().is_none());
+    assert_eq!(b.dlm_requests(), before);
+    health.apply(&Probe::Running, Instant::now());
+    assert!(b.try_admit().is_some());
+    // Local mode always admits.
+    let local = tempfile::tempdir().unwrap();
+    let (l, _) = StateSync::open(&device(local.path()), &Sharing::Local).unwrap();
+    assert!(l.try_admit().is_some());
+}

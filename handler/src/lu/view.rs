@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 
 use tracing::{error, info, warn};
 
+use super::gate::Gate;
 use super::state::{LuState, StateError};
 use super::sync::{Sharing, Spc2Holder, StateSync, SyncError};
 use crate::backing::Backing;
@@ -72,6 +73,17 @@ impl OpenError {
     }
 }
 
+/// A READ/WRITE in flight outside [`View::execute`] (see
+/// [`View::start_rw`]): where its bytes go, and the I/O gate and admission
+/// it holds until [`View::finish_rw`].
+#[derive(Debug)]
+pub struct RwIo {
+    /// Where the bytes go.
+    pub plan: scsi::RwPlan,
+    _admitted: super::sync::Admitted,
+    _gate: super::gate::OwnedReadGuard,
+}
+
 /// One logical unit, shared by its views on this node.
 #[derive(Debug)]
 pub struct Lu {
@@ -82,7 +94,7 @@ pub struct Lu {
     /// Where the state lives: this node's store, or the cluster protocol.
     sync: StateSync,
     /// Data commands: shared; PR changes: exclusive.
-    gate: RwLock<()>,
+    gate: Arc<Gate>,
     uas: Mutex<UaQueues>,
     /// This node's views of the LU, to find a nexus's session.
     views: Mutex<Vec<Weak<View>>>,
@@ -164,7 +176,7 @@ impl Lu {
             file,
             scsi,
             sync,
-            gate: RwLock::new(()),
+            gate: Arc::default(),
             uas: Mutex::new(UaQueues::default()),
             views: Mutex::new(Vec::new()),
             spc2_session: Mutex::new(None),
@@ -851,11 +863,7 @@ impl View {
         if op == 0xa3 && cdb.get(1).map(|b| b & 0x1f) == Some(0x0a) {
             return self.report_target_port_groups(cdb, data_in);
         }
-        let _gate = self
-            .lu
-            .gate
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _gate = self.lu.gate.read();
         // Held until the command ends: a cluster update drains it first.
         let admitted = match self.lu.sync.admit() {
             Ok(a) => a,
@@ -879,6 +887,75 @@ impl View {
             return self.execute(cdb, data_out, data_in);
         }
         self.lu.scsi.execute(&port, cdb, data_out, data_in)
+    }
+
+    /// A READ/WRITE of this view's initiator ready for asynchronous I/O:
+    /// the same checks as [`View::execute`] (unit attention, reservation
+    /// access, then the SCSI checks), with the I/O gate and admission held
+    /// until the returned I/O is finished ([`View::finish_rw`]).
+    /// `Err(response)`: the command is answered without I/O (a unit
+    /// attention, a reservation conflict). `Ok(None)`: run it through
+    /// `execute` (anything that may wait: the gate, a cluster admission, a
+    /// range lock, an SPC-2 holder that left; a refusing cluster; an
+    /// ambiguous nexus; an error the SCSI layer reports).
+    pub fn start_rw(&self, cdb: &[u8], data_len: usize) -> Result<Option<RwIo>, scsi::Response> {
+        let who = self.who();
+        let Who::One { nexus, .. } = &*who else {
+            return Ok(None);
+        };
+        // One admission for the unit attentions and the access check: the
+        // command runs against the state it was checked against.
+        let Some(admitted) = self.lu.sync.try_admit() else {
+            return Ok(None);
+        };
+        self.lu
+            .sync
+            .sync_uas_admitted(&admitted, nexus, &self.lu.uas);
+        if !ua_exempt(cdb) {
+            let ua = self.lu.uas.lock().ok().and_then(|mut q| q.take(nexus));
+            if let Some(ua) = ua {
+                return Err(self.check(&to_scsi_sense(&ua.sense())));
+            }
+        }
+        let Some(gate) = self.lu.gate.try_read_owned() else {
+            return Ok(None);
+        };
+        let access = pr::check_access_with(&admitted.state().pr, nexus, cdb, || {
+            self.registered_in(admitted.state_arc(), &who, nexus)
+        });
+        if access == pr::Access::Conflict {
+            let spc2_other = admitted
+                .state()
+                .pr
+                .spc2_holder
+                .as_ref()
+                .is_some_and(|h| !h.matches(nexus));
+            if spc2_other {
+                return Ok(None);
+            }
+            return Err(Self::status_only(scsi::sense::status::RESERVATION_CONFLICT));
+        }
+        Ok(self.lu.scsi.start_rw(cdb, data_len).map(|plan| RwIo {
+            plan,
+            _admitted: admitted,
+            _gate: gate,
+        }))
+    }
+
+    /// The response to a READ/WRITE started by [`View::start_rw`] whose I/O
+    /// ended with `result`; releases what it held.
+    pub fn finish_rw(&self, io: RwIo, result: std::io::Result<()>) -> scsi::Response {
+        let RwIo {
+            plan,
+            _admitted,
+            _gate,
+        } = io;
+        self.lu.scsi.finish_rw(plan, result)
+    }
+
+    /// The medium, for I/O that [`View::start_rw`] planned.
+    pub fn backing(&self) -> &Arc<dyn Backing> {
+        self.lu.scsi.backing()
     }
 
     /// Whether `nexus` (this view's, from `who`) is registered in `state`,
@@ -923,14 +1000,7 @@ impl View {
         let mut params = vec![0u8; data_out.iter().map(|s| s.len()).sum()];
         crate::backing::iov::gather(data_out, 0, &mut params);
         // Exclusive: no data command of this LU runs while the state changes.
-        let gate = || {
-            changes.then(|| {
-                self.lu
-                    .gate
-                    .write()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-            })
-        };
+        let gate = || changes.then(|| self.lu.gate.write());
         let mut held_gate = gate();
         let (nexus, cdb_owned) = (nexus.clone(), cdb.to_vec());
         let make_run = || {

@@ -44,42 +44,94 @@ pub struct RangeGuard<'a> {
     id: u64,
 }
 
-impl RangeLock {
-    /// Block until `[lba, lba+blocks)` can be held in `mode`, then hold it.
-    /// An empty range still counts as one block so it orders with others.
-    pub fn lock(&self, lba: Lba, blocks: Blocks, mode: LockMode) -> RangeGuard<'_> {
-        let start = lba.0;
-        let end = start.saturating_add(blocks.0.max(1));
-        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        loop {
-            let conflict = g.held.iter().any(|h| {
-                h.start < end
-                    && start < h.end
-                    && (mode == LockMode::Exclusive || h.mode == LockMode::Exclusive)
-            });
-            if !conflict {
-                break;
-            }
-            g = self.cv.wait(g).unwrap_or_else(|e| e.into_inner());
-        }
-        g.next += 1;
-        let id = g.next;
-        g.held.push(Held {
+/// Releases its range on drop; owns its reference to the lock (for a
+/// command whose I/O outlives the call that started it).
+#[derive(Debug)]
+pub struct OwnedRangeGuard {
+    lock: std::sync::Arc<RangeLock>,
+    id: u64,
+}
+
+impl Inner {
+    fn conflicts(&self, start: u64, end: u64, mode: LockMode) -> bool {
+        self.held.iter().any(|h| {
+            h.start < end
+                && start < h.end
+                && (mode == LockMode::Exclusive || h.mode == LockMode::Exclusive)
+        })
+    }
+
+    fn hold(&mut self, start: u64, end: u64, mode: LockMode) -> u64 {
+        self.next += 1;
+        let id = self.next;
+        self.held.push(Held {
             id,
             start,
             end,
             mode,
         });
+        id
+    }
+}
+
+/// `[lba, lba+blocks)` as held: an empty range still counts as one block
+/// so it orders with others.
+fn span(lba: Lba, blocks: Blocks) -> (u64, u64) {
+    (lba.0, lba.0.saturating_add(blocks.0.max(1)))
+}
+
+impl RangeLock {
+    fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Block until `[lba, lba+blocks)` can be held in `mode`, then hold it.
+    pub fn lock(&self, lba: Lba, blocks: Blocks, mode: LockMode) -> RangeGuard<'_> {
+        let (start, end) = span(lba, blocks);
+        let mut g = self.inner();
+        while g.conflicts(start, end, mode) {
+            g = self.cv.wait(g).unwrap_or_else(|e| e.into_inner());
+        }
+        let id = g.hold(start, end, mode);
         RangeGuard { lock: self, id }
+    }
+
+    /// Holds `[lba, lba+blocks)` in `mode` if that needs no wait.
+    pub fn try_lock_owned(
+        self: &std::sync::Arc<Self>,
+        lba: Lba,
+        blocks: Blocks,
+        mode: LockMode,
+    ) -> Option<OwnedRangeGuard> {
+        let (start, end) = span(lba, blocks);
+        let mut g = self.inner();
+        if g.conflicts(start, end, mode) {
+            return None;
+        }
+        let id = g.hold(start, end, mode);
+        Some(OwnedRangeGuard {
+            lock: self.clone(),
+            id,
+        })
+    }
+
+    fn release(&self, id: u64) {
+        let mut g = self.inner();
+        g.held.retain(|h| h.id != id);
+        drop(g);
+        self.cv.notify_all();
     }
 }
 
 impl Drop for RangeGuard<'_> {
     fn drop(&mut self) {
-        let mut g = self.lock.inner.lock().unwrap_or_else(|e| e.into_inner());
-        g.held.retain(|h| h.id != self.id);
-        drop(g);
-        self.lock.cv.notify_all();
+        self.lock.release(self.id);
+    }
+}
+
+impl Drop for OwnedRangeGuard {
+    fn drop(&mut self) {
+        self.lock.release(self.id);
     }
 }
 

@@ -16,6 +16,7 @@ pub mod opcode;
 pub mod sense;
 pub mod xcopy;
 
+mod rw_async;
 mod sbc;
 mod spc;
 
@@ -33,6 +34,7 @@ use crate::backing::iov;
 
 pub use error::ScsiError;
 pub use lock::{CawHook, HookRefusal, LockMode, RangeLock};
+pub use rw_async::RwPlan;
 pub use sense::{FieldPointer, Sense, SenseCode, SenseInfo};
 
 use opcode::{Avail, Command};
@@ -229,7 +231,7 @@ pub struct Lu {
     cfg: LuConfig,
     backing: Arc<dyn Backing>,
     mode: ModeState,
-    ranges: RangeLock,
+    ranges: std::sync::Arc<RangeLock>,
     caw_hook: Option<Arc<dyn CawHook>>,
     /// EXTENDED COPY status kept for RECEIVE COPY RESULTS.
     copies: xcopy::CopyManager,
@@ -270,7 +272,7 @@ impl Lu {
             },
             cfg,
             backing,
-            ranges: RangeLock::default(),
+            ranges: std::sync::Arc::default(),
             caw_hook: None,
             copies: xcopy::CopyManager::default(),
         })

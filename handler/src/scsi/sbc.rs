@@ -24,7 +24,7 @@ impl Lu {
     }
 
     /// Byte offset and length of `[lba, lba+blocks)`, or LBA OUT OF RANGE.
-    fn byte_range(&self, lba: Lba, blocks: Blocks) -> Result<(u64, u64), ScsiError> {
+    pub(super) fn byte_range(&self, lba: Lba, blocks: Blocks) -> Result<(u64, u64), ScsiError> {
         let end = lba
             .0
             .checked_add(blocks.0)
@@ -37,7 +37,7 @@ impl Lu {
     }
 
     /// Transfer length within the Block Limits maximum.
-    fn check_transfer(&self, rw: &Rw) -> Result<usize, ScsiError> {
+    pub(super) fn check_transfer(&self, rw: &Rw) -> Result<usize, ScsiError> {
         if rw.blocks.0 > u64::from(self.cfg.hw_max_sectors) {
             return Err(ScsiError::InvalidFieldInCdb(rw.len_field));
         }
@@ -73,7 +73,7 @@ impl Lu {
     }
 
     /// FUA when asked, and always when the write cache is disabled.
-    fn effective_fua(&self, fua: bool) -> bool {
+    pub(super) fn effective_fua(&self, fua: bool) -> bool {
         fua || !self.write_cache_enabled()
     }
 
