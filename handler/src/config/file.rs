@@ -4,6 +4,7 @@
 //! ```toml
 //! [daemon]
 //! worker_threads = 4
+//! io_uring = true      # READ/WRITE at depth through io_uring (false: workers)
 //! log_level = "info"
 //! dbus = true           # absent: use the system bus if there is one
 //!
@@ -68,6 +69,13 @@ pub struct Daemon {
     /// `worker_threads`: threads executing I/O (at least 1). Default: the
     /// number of CPUs.
     pub worker_threads: NonZeroUsize,
+    /// `io_uring`: each LU's ring thread does READ/WRITE at depth through
+    /// its own io_uring, many outstanding at once, instead of handing each
+    /// to a worker that blocks on it (which bounds the I/O outstanding on
+    /// the medium to `worker_threads`). Where the kernel refuses io_uring
+    /// the workers do it, with a warning. A reload applies it to LUs started
+    /// afterwards. Default `true`.
+    pub io_uring: bool,
     /// `log_level`: a `tracing` filter directive such as `"info"` or
     /// `"tcmu_prd::netlink=debug,info"`; `RUST_LOG` overrides it. Default
     /// `"info"`.
@@ -85,6 +93,7 @@ impl Default for Daemon {
     fn default() -> Self {
         Daemon {
             worker_threads: std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN),
+            io_uring: true,
             log_level: LogLevel("info".into()),
             dbus: None,
         }
@@ -391,6 +400,7 @@ mod tests {
             r#"
 [daemon]
 worker_threads = 3
+io_uring = false
 log_level = "tcmu_prd::netlink=debug,info"
 dbus = false
 [devices]
@@ -408,6 +418,7 @@ control_socket = "/run/t/a.sock"
         )
         .unwrap();
         assert_eq!(c.daemon.worker_threads.get(), 3);
+        assert!(!c.daemon.io_uring);
         assert_eq!(c.daemon.dbus, Some(false));
         assert_eq!(c.devices.hbas, vec![1, 2]);
         assert_eq!(c.cluster.mode, ClusterMode::Dlm);

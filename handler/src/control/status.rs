@@ -85,6 +85,11 @@ pub struct ViewStatus {
     pub uio: String,
     /// Commands taken from the ring and not yet completed.
     pub in_flight: usize,
+    /// READs and WRITEs that went to the file through the LU thread's
+    /// io_uring since the device started (the rest ran on the thread
+    /// itself or on the worker pool).
+    #[serde(default)]
+    pub io_uring_commands: u64,
     /// The I_T nexus the view serves; `None` when there is none (see
     /// `nexus_problem`).
     pub nexus: Option<NexusStatus>,
@@ -422,6 +427,7 @@ fn render_lu(o: &mut String, lu: &LuStatus) {
         "VIEW".to_owned(),
         "UIO".into(),
         "IN-FLIGHT".into(),
+        "IO_URING".into(),
         "I_T NEXUS".into(),
     ]];
     for v in &lu.views {
@@ -434,6 +440,7 @@ fn render_lu(o: &mut String, lu: &LuStatus) {
             v.device.clone(),
             v.uio.clone(),
             v.in_flight.to_string(),
+            v.io_uring_commands.to_string(),
             nexus,
         ]);
     }
@@ -568,6 +575,7 @@ mod tests {
                         device: "user_1/lu1-aaaa".into(),
                         uio: "uio0".into(),
                         in_flight: 0,
+                        io_uring_commands: 1234,
                         nexus: Some(NexusStatus::of(&a, &ports)),
                         nexus_problem: None,
                     },
@@ -575,6 +583,7 @@ mod tests {
                         device: "user_1/lu1-bbbb".into(),
                         uio: "uio1".into(),
                         in_flight: 3,
+                        io_uring_commands: 0,
                         nexus: None,
                         nexus_problem: Some("two ACLs map it".into()),
                     },
@@ -691,6 +700,8 @@ mod tests {
             "LU /srv/lu1.img",
             "cluster: serial:0123 serving, lock PR",
             "user_1/lu1-aaaa",
+            "IO_URING",
+            "1234",
             "naa.500140500000a001 -> loopback/naa.5001405000000101/tpgt_1 (rtpi 1)",
             "none: two ACLs map it",
             "PR generation 0x3, APTPL off, 2 registration(s)",

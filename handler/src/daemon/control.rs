@@ -48,6 +48,7 @@ pub(super) struct DeviceSnap {
     pub name: String,
     pub minor: u32,
     pub in_flight: usize,
+    pub uring_commands: u64,
     pub view: Arc<View>,
 }
 
@@ -486,6 +487,7 @@ fn lu_status(
                 device: d.name.clone(),
                 uio: format!("uio{}", d.minor),
                 in_flight: d.in_flight,
+                io_uring_commands: d.uring_commands,
                 nexus,
                 nexus_problem,
             }
@@ -594,6 +596,7 @@ mod tests {
             name: name.into(),
             minor,
             in_flight: minor as usize,
+            uring_commands: 0,
             view,
         }
     }

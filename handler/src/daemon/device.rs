@@ -212,6 +212,7 @@ impl Device {
             name: self.id.to_string(),
             minor: self.minor,
             in_flight: self.in_flight(),
+            uring_commands: self.core.uring_commands(),
             view: self.view.clone(),
         }
     }

@@ -32,7 +32,9 @@ use mio::{Events, Interest, Poll, Registry, Token, Waker};
 use tracing::{error, info, warn};
 
 use super::pool::{Job, Pool};
-use crate::lu::View;
+use crate::backing::iov;
+use crate::lu::{RwIo, View};
+use crate::ring::uring::{Finished, IoKind, IoRequest, Refused, Uring};
 use crate::ring::{Event as RingEvent, InFlightCmd, Response, Ring, TmrEvent, TmrType, UioFd};
 use crate::scsi::opcode::{Direction, direction};
 
@@ -61,6 +63,8 @@ pub(super) struct Core {
     wakeups: Arc<dyn Wakeups>,
     view: Arc<View>,
     state: Mutex<RingState>,
+    /// Commands that went to the file through the LU thread's io_uring.
+    via_uring: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Debug)]
@@ -92,6 +96,13 @@ impl Notice {
 /// The thread's waker (mio allows one per poll, so it serves every purpose):
 /// a worker sent a result back, a view joined, or the thread is to stop.
 const WAKE: Token = Token(0);
+
+/// The thread's io_uring completion signal.
+const URING: Token = Token(usize::MAX);
+
+/// Submission slots of an LU thread's io_uring (more commands than this in
+/// one drain go to the pool).
+const URING_ENTRIES: u32 = 256;
 
 /// A finished command on its way back to the LU thread.
 type Returned = (Arc<Core>, InFlightCmd, Response);
@@ -160,12 +171,15 @@ pub(super) struct LuThread {
 impl LuThread {
     /// Starts a thread named `thread` (at most 15 bytes are kept) for the LU
     /// `lu`, with no views yet. While `stopping` is set (the daemon drains
-    /// before exiting) it reads no new entries.
+    /// before exiting) it reads no new entries. With `uring`, READs and
+    /// WRITEs at depth go to the file through the thread's own io_uring
+    /// (where the kernel offers one) instead of the pool.
     pub fn spawn(
         lu: String,
         thread: String,
         pool: Arc<Pool>,
         stopping: Arc<AtomicBool>,
+        uring: bool,
     ) -> std::io::Result<Self> {
         let poll = Poll::new()?;
         let registry = poll.registry().try_clone()?;
@@ -182,7 +196,9 @@ impl LuThread {
             stop: AtomicBool::new(false),
         });
         let (sh, name) = (shared.clone(), lu.clone());
+        let registry_t = registry.try_clone()?;
         let handle = std::thread::Builder::new().name(thread).spawn(move || {
+            let aio = uring.then(|| Aio::new(&name, &registry_t)).flatten();
             let ends = Ends {
                 lu: &name,
                 shared: &sh,
@@ -191,7 +207,7 @@ impl LuThread {
                 done: &done,
                 stopping: &stopping,
             };
-            lu_thread(poll, &ends);
+            lu_thread(poll, &ends, aio);
         })?;
         Ok(LuThread {
             lu,
@@ -206,8 +222,11 @@ impl LuThread {
     /// (never [`WAKE`]). Its ring is served once at once, then on every
     /// wake-up of its fd.
     pub fn join(&self, token: Token, core: &Arc<Core>) -> std::io::Result<()> {
-        if token == WAKE {
-            return Err(std::io::Error::other("token 0 is the ring thread's waker"));
+        if token == WAKE || token == URING {
+            return Err(std::io::Error::other(format!(
+                "token {} is the ring thread's own",
+                token.0
+            )));
         }
         lock(&self.shared.members).insert(token, core.clone());
         let fd = core.wakeups.as_fd().as_raw_fd();
@@ -289,7 +308,13 @@ impl Core {
                 removal: None,
                 removal_notice: None,
             }),
+            via_uring: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// Commands of this view that went through the LU thread's io_uring.
+    pub(super) fn uring_commands(&self) -> u64 {
+        self.via_uring.load(Ordering::Relaxed)
     }
 
     fn lock(&self) -> MutexGuard<'_, RingState> {
@@ -339,12 +364,14 @@ impl Core {
         back: &Arc<Returns>,
         batch: &mut Vec<InFlightCmd>,
         load: &mut Load,
+        mut aio: Option<&mut Aio>,
     ) {
         self.ack_wakeup();
+        let on_uring = aio.as_ref().map_or(0, |a| a.ring.outstanding());
         let alone = {
             let mut st = self.lock();
             self.drain(&mut st, pool, batch);
-            load.inline_ok()
+            load.inline_ok(on_uring)
                 && batch.len() == 1
                 && st.ring.in_flight() == 1
                 && runs_inline(batch[0].cdb())
@@ -361,6 +388,18 @@ impl Core {
             }
         }
         for cmd in batch.drain(..) {
+            let cmd = match aio.as_deref_mut() {
+                Some(a) if runs_inline(cmd.cdb()) && !cmd.is_aborted() => {
+                    match a.start(self, cmd) {
+                        Some(cmd) => cmd,
+                        None => {
+                            load.handed_off();
+                            continue;
+                        }
+                    }
+                }
+                _ => cmd,
+            };
             let (core, back) = (self.clone(), back.clone());
             let job: Job = Box::new(move || {
                 let mut cmd = cmd;
@@ -373,6 +412,9 @@ impl Core {
                     error!(device = %self.name, "worker pool is gone; command left unanswered");
                 }
             }
+        }
+        if let Some(a) = aio {
+            a.submit(&self.name);
         }
     }
 
@@ -475,8 +517,9 @@ struct Load {
 const NO_INLINE_AFTER_ARRIVALS: usize = 256;
 
 impl Load {
-    fn inline_ok(&self) -> bool {
-        self.at_pool == 0 && self.no_inline_for == 0
+    /// `elsewhere`: commands of the LU on the thread's io_uring.
+    fn inline_ok(&self, elsewhere: usize) -> bool {
+        self.at_pool == 0 && elsewhere == 0 && self.no_inline_for == 0
     }
 
     fn arrived_during_inline(&mut self) {
@@ -485,6 +528,11 @@ impl Load {
 
     fn handed_to_pool(&mut self) {
         self.at_pool += 1;
+        self.handed_off();
+    }
+
+    /// A command went elsewhere than the thread (the pool, the io_uring).
+    fn handed_off(&mut self) {
         self.no_inline_for = self.no_inline_for.saturating_sub(1);
     }
 
@@ -510,7 +558,7 @@ struct Ends<'a> {
 /// stopping, new entries stay in the ring (the next start resets it: BUSY,
 /// retried). Told to stop, it still completes the commands at the pool
 /// before it exits.
-fn lu_thread(mut poll: Poll, ends: &Ends<'_>) {
+fn lu_thread(mut poll: Poll, ends: &Ends<'_>, mut aio: Option<Aio>) {
     let mut events = Events::with_capacity(16);
     let mut batch = Vec::with_capacity(64);
     let mut returned: Vec<Returned> = Vec::with_capacity(64);
@@ -522,23 +570,38 @@ fn lu_thread(mut poll: Poll, ends: &Ends<'_>) {
         // data out) run.
         if !stop && !ends.stopping.load(Ordering::Acquire) {
             let joined = std::mem::take(&mut *lock(&ends.shared.joined));
-            let ready = joined
-                .into_iter()
-                .chain(events.iter().map(|e| e.token()).filter(|t| *t != WAKE));
+            let ready = joined.into_iter().chain(
+                events
+                    .iter()
+                    .map(|e| e.token())
+                    .filter(|t| *t != WAKE && *t != URING),
+            );
             for token in ready {
                 let core = lock(&ends.shared.members).get(&token).cloned();
                 if let Some(core) = core {
-                    core.serve(ends.pool, ends.back, &mut batch, &mut load);
+                    core.serve(ends.pool, ends.back, &mut batch, &mut load, aio.as_mut());
                 }
             }
         }
         ends.back.take_all(ends.done, &mut returned);
         load.returned(returned.len());
+        if let Some(a) = aio.as_mut() {
+            a.reap(&mut returned);
+        }
         complete_returned(&mut returned);
-        if stop && load.at_pool == 0 {
+        if stop && load.at_pool == 0 && aio.as_ref().is_none_or(|a| a.ring.outstanding() == 0) {
             return;
         }
-        if let Err(e) = poll.poll(&mut events, None) {
+        // A failed submit (the kernel short of resources) is retried soon,
+        // not only when the next entry arrives.
+        let mut timeout = None;
+        if let Some(a) = aio.as_mut().filter(|a| a.ring.unsubmitted() > 0) {
+            a.submit(ends.lu);
+            if a.ring.unsubmitted() > 0 {
+                timeout = Some(std::time::Duration::from_millis(10));
+            }
+        }
+        if let Err(e) = poll.poll(&mut events, timeout) {
             if e.kind() == std::io::ErrorKind::Interrupted {
                 events.clear();
                 continue;
@@ -598,14 +661,146 @@ fn execute(view: &View, cmd: &mut InFlightCmd) -> Response {
         }
         Direction::None => view.execute(cdb, &[], &mut []),
     };
-    let rsp = match r.sense {
+    ring_response(&r, dir == Direction::FromDevice)
+}
+
+/// The ring's response for the emulation's, with the data-in length when
+/// the command read.
+fn ring_response(r: &crate::scsi::Response, reads: bool) -> Response {
+    let rsp = match &r.sense {
         Some(sense) => Response::check_condition(sense.as_bytes()),
         None => Response::with_status(r.status),
     };
-    if dir == Direction::FromDevice {
+    if reads {
         rsp.read_len(r.data_in_len)
     } else {
         rsp
+    }
+}
+
+/// An LU thread's io_uring: READs and WRITEs go to the file from here, many
+/// outstanding at once and one system call per drain, instead of a worker
+/// blocking on each. Each holds what `View::execute` would hold while it
+/// touches the medium (the I/O gate, the admission, a WRITE's range lock)
+/// until its completion is reaped; the thread only ever tries those
+/// (a wait on them is left to the pool), so it never blocks on a gate
+/// whose writer waits for the thread's own I/O.
+struct Aio {
+    ring: Uring<(Arc<Core>, RwIo)>,
+    /// Registered with the thread's poll under [`URING`]; kept open.
+    _signal: std::os::fd::OwnedFd,
+    finished: Vec<Finished<(Arc<Core>, RwIo)>>,
+}
+
+impl Aio {
+    /// The thread's io_uring, or `None` (logged) where the kernel refuses one.
+    fn new(lu: &str, registry: &Registry) -> Option<Aio> {
+        let made = Uring::new(lu, URING_ENTRIES).and_then(|ring| {
+            let signal = ring.completion_signal()?;
+            registry.register(
+                &mut SourceFd(&signal.as_raw_fd()),
+                URING,
+                Interest::READABLE,
+            )?;
+            Ok((ring, signal))
+        });
+        match made {
+            Ok((ring, signal)) => Some(Aio {
+                ring,
+                _signal: signal,
+                finished: Vec::new(),
+            }),
+            Err(e) => {
+                warn!(lu = %lu, "io_uring unavailable, file I/O stays on the worker pool: {e}");
+                None
+            }
+        }
+    }
+
+    /// Starts `cmd` (a READ/WRITE) on the io_uring, or answers it at once
+    /// (a unit attention, a reservation conflict); gives it back if it is
+    /// for the pool.
+    fn start(&mut self, core: &Arc<Core>, cmd: InFlightCmd) -> Option<InFlightCmd> {
+        let io = match core.view.start_rw(cmd.cdb(), cmd.data_len()) {
+            Err(r) => {
+                let reads = direction(cmd.cdb()) == Direction::FromDevice;
+                core.complete(std::iter::once((cmd, ring_response(&r, reads))));
+                return None;
+            }
+            Ok(None) => return Some(cmd),
+            Ok(Some(io)) => io,
+        };
+        let backing = core.view.backing().clone();
+        let Some((file, align)) = backing.async_file() else {
+            return Some(cmd);
+        };
+        let p = &io.plan;
+        let req = IoRequest {
+            kind: if p.write {
+                IoKind::Write { dsync: p.dsync }
+            } else {
+                IoKind::Read
+            },
+            offset: p.offset,
+            len: p.len,
+        };
+        match self.ring.push(file, align, cmd, req, (core.clone(), io)) {
+            Ok(()) => {
+                core.via_uring.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+            // What it held is released with the tag.
+            Err(Refused::Full(cmd, _) | Refused::Unfit(cmd, _)) => Some(cmd),
+        }
+    }
+
+    /// Hands what `start` queued to the kernel. `device`: the device (or
+    /// LU) to name in the log.
+    fn submit(&mut self, device: &str) {
+        if let Err(e) = self.ring.submit() {
+            // The queued operations stay queued: the thread retries.
+            error!(device = %device, "io_uring submit: {e}");
+        }
+    }
+
+    /// Moves every finished I/O, with its response, into `out`.
+    fn reap(&mut self, out: &mut Vec<Returned>) {
+        self.ring.reap(&mut self.finished);
+        for f in self.finished.drain(..) {
+            let Finished {
+                mut cmd,
+                tag: (core, io),
+                req,
+                result,
+            } = f;
+            let result = match result {
+                Ok(n) if n >= req.len => Ok(()),
+                // Short (end of file, a signal): the rest the plain way.
+                Ok(n) => rest_of(&core.view, &mut cmd, &io, n),
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::EINTR)) => {
+                    rest_of(&core.view, &mut cmd, &io, 0)
+                }
+                Err(e) => Err(e),
+            };
+            let reads = !io.plan.write;
+            let r = core.view.finish_rw(io, result);
+            out.push((core, cmd, ring_response(&r, reads)));
+        }
+    }
+}
+
+/// Moves the bytes of `io` from `done` on synchronously.
+fn rest_of(view: &View, cmd: &mut InFlightCmd, io: &RwIo, done: usize) -> std::io::Result<()> {
+    let p = &io.plan;
+    let (left, at) = (p.len.saturating_sub(done), p.offset + done as u64);
+    if p.write {
+        let bufs = cmd.data();
+        view.backing()
+            .write_vectored_at(&iov::sub_slices(&bufs, done, left), at, p.dsync)
+    } else {
+        let mut bufs = cmd.data_mut();
+        view.backing()
+            .read_vectored_at(&mut iov::sub_slices_mut(&mut bufs, done, left), at)
     }
 }
 
@@ -792,6 +987,7 @@ mod tests {
             "t-lu".into(),
             pool.clone(),
             Arc::new(AtomicBool::new(stopping)),
+            true,
         )
         .unwrap();
         for (i, s) in sides.iter().enumerate() {
@@ -825,6 +1021,158 @@ mod tests {
         }))
         .unwrap_or_else(|_| panic!("submit refused"));
         tx
+    }
+
+    /// An LU with `n` views on a file (page cache: the test directory's
+    /// file system may refuse O_DIRECT).
+    fn lu_on_file(n: u64) -> (Vec<Side>, tempfile::TempDir, tempfile::NamedTempFile) {
+        let img = tempfile::NamedTempFile::new().unwrap();
+        img.as_file().set_len(1 << 20).unwrap();
+        let file = crate::backing::FileBacking::open(
+            img.path(),
+            &crate::backing::FileOptions {
+                direct: false,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let (sides, dir) = lu_on(n, Arc::new(file));
+        (sides, dir, img)
+    }
+
+    /// Queues every command before one wake-up: the thread drains them as
+    /// one batch (iodepth > 1).
+    fn submit_batch(s: &mut Side, cmds: Vec<([u8; 10], Dir)>) -> Vec<u16> {
+        let ids = cmds
+            .into_iter()
+            .map(|(cdb, dir)| s.sim.submit(&cdb, dir).unwrap())
+            .collect();
+        s.irq.write_all(&[0; 4]).unwrap();
+        ids
+    }
+
+    #[test]
+    fn reads_and_writes_at_depth_go_through_io_uring_with_their_data() {
+        assert!(
+            Uring::<()>::new("t", 8).is_ok(),
+            "io_uring is unavailable here (kernel.io_uring_disabled?)"
+        );
+        let (mut sides, _dir, _img) = lu_on_file(1);
+        // The pool's only worker is busy throughout: everything below
+        // completes only because it went through the thread's io_uring.
+        let (pool, release) = held_pool();
+        let t = serve(std::slice::from_ref(&sides[0]), &pool, false);
+        let s = &mut sides[0];
+        let writes = (0..24u8)
+            .map(|i| (write10(i * 2, 2), Dir::ToDevice(vec![i + 1; 1024])))
+            .collect();
+        let ids = submit_batch(s, writes);
+        assert!(s.wait_for(&ids).iter().all(|c| c.status == 0));
+        let reads = (0..24u8)
+            .map(|i| (read10(i * 2, 2), Dir::FromDevice(1024)))
+            .collect();
+        let ids = submit_batch(s, reads);
+        let done = s.wait_for(&ids);
+        for (i, id) in ids.iter().enumerate() {
+            let c = done.iter().find(|c| c.cmd_id == *id).unwrap();
+            assert_eq!(c.status, 0);
+            assert_eq!(
+                c.data_in,
+                vec![u8::try_from(i).unwrap() + 1; 1024],
+                "read {i}"
+            );
+        }
+        // A READ past the end is the emulation's to answer (ILLEGAL
+        // REQUEST, LBA out of range): at the pool, so it waits for it.
+        let ids = submit_batch(
+            s,
+            vec![
+                ([0x28, 0, 0, 0, 0x08, 0, 0, 0, 1, 0], Dir::FromDevice(512)),
+                (read10(0, 1), Dir::FromDevice(512)),
+            ],
+        );
+        let c = &s.wait_for(&ids[1..])[0];
+        assert_eq!((c.status, c.data_in[0]), (0, 1));
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(
+            !s.completed().contains(&ids[0]),
+            "an error case skipped the pool"
+        );
+        release.send(()).unwrap();
+        let c = &s.wait_for(&ids[..1])[0];
+        assert_eq!((c.status, c.sense[2] & 0xf, c.sense[12]), (2, 0x5, 0x21));
+        assert_eq!(s.core.in_flight(), 0);
+        drop(t);
+        assert!(s.sim.broken().is_none(), "{:?}", s.sim.broken());
+    }
+
+    #[test]
+    fn on_io_uring_a_unit_attention_and_a_conflict_are_answered_without_io() {
+        let (mut sides, _dir, _img) = lu_on_file(2);
+        let (pool, release) = held_pool();
+        let t = serve(&sides, &pool, false);
+        let (a, b) = sides.split_at_mut(1);
+        let (a, b) = (&mut a[0], &mut b[0]);
+        // A LUN RESET on A: B's next command reports it, the one after runs.
+        a.sim
+            .submit_tmr(u8::try_from(tcmu_sys::TCMU_TMR_LUN_RESET).unwrap(), &[])
+            .unwrap();
+        a.irq.write_all(&[0; 4]).unwrap();
+        // The reset's SPC-2 release is a job for the (held) pool; the unit
+        // attention was queued before it.
+        std::thread::sleep(Duration::from_millis(30));
+        let ids = submit_batch(
+            b,
+            vec![
+                (read10(0, 1), Dir::FromDevice(512)),
+                (read10(0, 1), Dir::FromDevice(512)),
+            ],
+        );
+        let done = b.wait_for(&ids);
+        let first = done.iter().find(|c| c.cmd_id == ids[0]).unwrap();
+        assert_eq!(
+            (first.status, first.sense[12], first.sense[13]),
+            (2, 0x29, 0x03)
+        );
+        assert_eq!(done.iter().find(|c| c.cmd_id == ids[1]).unwrap().status, 0);
+        // A registers key 0xa and reserves Write Exclusive (PR OUT runs at
+        // the pool): B's writes conflict, its reads run.
+        release.send(()).unwrap();
+        let pr_out = |sa: u8, key_at: usize| {
+            let mut params = vec![0u8; 24];
+            params[key_at + 7] = 0xa;
+            (
+                [0x5f, sa, 0x01, 0, 0, 0, 0, 0, 24, 0],
+                Dir::ToDevice(params),
+            )
+        };
+        for (cdb, dir) in [pr_out(0, 8), pr_out(1, 0)] {
+            let id = a.submit(&cdb, dir);
+            assert_eq!(a.wait_for(&[id])[0].status, 0);
+        }
+        let _held = hold(&pool);
+        let ids = submit_batch(
+            b,
+            vec![
+                (write10(0, 1), Dir::ToDevice(vec![9; 512])),
+                (read10(0, 1), Dir::FromDevice(512)),
+            ],
+        );
+        let done = b.wait_for(&ids);
+        let status = |id: u16| done.iter().find(|c| c.cmd_id == id).unwrap().status;
+        assert_eq!(status(ids[0]), scsi::sense::status::RESERVATION_CONFLICT);
+        assert_eq!(status(ids[1]), 0);
+        // A's own I/O runs.
+        let ids = submit_batch(
+            a,
+            vec![
+                (write10(0, 1), Dir::ToDevice(vec![7; 512])),
+                (read10(1, 1), Dir::FromDevice(512)),
+            ],
+        );
+        assert!(a.wait_for(&ids).iter().all(|c| c.status == 0));
+        drop(_held);
+        drop(t);
     }
 
     #[test]
@@ -903,17 +1251,26 @@ mod tests {
     #[test]
     fn load_allows_inline_again_after_enough_commands_went_to_the_pool() {
         let mut load = Load::default();
-        assert!(load.inline_ok());
+        assert!(load.inline_ok(0));
         load.arrived_during_inline();
         for _ in 0..NO_INLINE_AFTER_ARRIVALS - 1 {
             load.handed_to_pool();
             load.returned(1);
-            assert!(!load.inline_ok());
+            assert!(!load.inline_ok(0));
         }
         load.handed_to_pool();
-        assert!(!load.inline_ok(), "one is still at the pool");
+        assert!(!load.inline_ok(0), "one is still at the pool");
         load.returned(1);
-        assert!(load.inline_ok());
+        assert!(load.inline_ok(0));
+        // Commands on the io_uring count down too, and hold inline off
+        // while they are outstanding.
+        load.arrived_during_inline();
+        for _ in 0..NO_INLINE_AFTER_ARRIVALS {
+            assert!(!load.inline_ok(0));
+            load.handed_off();
+        }
+        assert!(!load.inline_ok(1), "one is still on the io_uring");
+        assert!(load.inline_ok(0));
     }
 
     #[test]
@@ -1097,9 +1454,11 @@ mod tests {
             "t-lu".into(),
             pool,
             Arc::new(AtomicBool::new(false)),
+            true,
         )
         .unwrap();
         assert!(t.join(WAKE, &sides[0].core).is_err());
+        assert!(t.join(URING, &sides[0].core).is_err());
         assert_eq!(t.views(), 0);
     }
 }

@@ -238,6 +238,7 @@ impl Daemon {
                 name,
                 self.pool.clone(),
                 self.stop_reading.clone(),
+                self.opts.config.daemon.io_uring,
             ) {
                 Ok(t) => {
                     self.lu_threads.insert(key, t);

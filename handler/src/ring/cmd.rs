@@ -154,6 +154,28 @@ impl InFlightCmd {
             .collect()
     }
 
+    /// The first `len` bytes of the data buffer as raw iovecs, for the
+    /// kernel to fill or read (`ring::uring`); `None` if the buffer is
+    /// shorter than `len`. Only `uring`, which keeps this token until the
+    /// kernel is done with them, may hand them out.
+    pub(super) fn data_iovecs(&self, len: usize) -> Option<Vec<libc::iovec>> {
+        let mut left = len;
+        let mut out = Vec::with_capacity(self.n_data);
+        for &s in &self.segs[..self.n_data] {
+            if left == 0 {
+                break;
+            }
+            let (p, n) = self.raw(s);
+            let n = n.min(left);
+            out.push(libc::iovec {
+                iov_base: p.cast(),
+                iov_len: n,
+            });
+            left -= n;
+        }
+        (left == 0).then_some(out)
+    }
+
     /// The data-in buffer, writable: bidi segments, or the data buffer.
     pub fn data_in_mut(&mut self) -> Vec<IoSliceMut<'_>> {
         let this = &*self;

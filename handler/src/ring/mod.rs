@@ -43,6 +43,7 @@ pub mod queue;
 pub mod sim;
 #[cfg(test)]
 mod tests;
+pub mod uring;
 
 pub use cmd::{InFlightCmd, Response};
 pub use entry::{EntryError, TmrEvent, TmrType, cdb_len};

@@ -1,4 +1,4 @@
-# Scenario: tcmu-prd serves a dlmfile LUN through tcm_loop: SCSI identity, fio verify, bytes on disk, reconfiguration, bad config, unsupported opcode
+# Scenario: tcmu-prd serves a dlmfile LUN through tcm_loop: SCSI identity, fio verify (io_uring at depth), bytes on disk, reconfiguration, bad config, unsupported opcode
 . "$VM_LIB"
 need_target
 need_scratch
@@ -30,6 +30,13 @@ fio --name=mixed --filename="$sd" --rw=randwrite --bsrange=512-128k --size=24M -
     --direct=1 --ioengine=libaio --iodepth=32 --numjobs=2 --verify=md5 --do_verify=1 --verify_fatal=1 \
     --output="$ART/fio-mixed.txt"
 check "fio mixed sizes verify reported no errors" bash -c "! grep -q 'err=[^ 0]' $ART/fio-mixed.txt"
+# At depth those READs and WRITEs went to the image through the LU
+# thread's io_uring (not only the worker pool): status counts them.
+"$TCMU_PRD" status --json > "$ART/status-uring.json"
+n=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["lus"][0]["views"][0]["io_uring_commands"])' "$ART/status-uring.json")
+say "commands through io_uring: $n"
+check "fio's I/O at depth went through io_uring" test "$n" -gt 10000
+check "no io_uring warning" bash -c "! grep -q 'io_uring unavailable' $ART/d1.log"
 
 # Bytes written through the LUN are in the image file, byte for byte.
 head -c $((3 << 20)) /dev/urandom > /tmp/pattern

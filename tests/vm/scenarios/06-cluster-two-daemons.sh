@@ -1,4 +1,4 @@
-# Scenario: two daemons (user_1 vs user_2) serve views of one LU through the real DLM: one PR state, cluster-wide PREEMPT AND ABORT, kill -9 of one daemon
+# Scenario: two daemons (user_1 vs user_2) serve views of one LU through the real DLM: one PR state, cluster-wide PREEMPT AND ABORT, I/O at depth through io_uring, kill -9 of one daemon
 . "$VM_LIB"
 need_target
 need_dlm
@@ -86,6 +86,31 @@ before=$(st d1 's["lus"][0]["cluster"]["dlm_requests"]')
 dd if="$sda" of=/dev/null bs=64k count=256 iflag=direct status=none
 dd if="$sda" of=/dev/null bs=4k count=768 iflag=direct status=none
 check_eq "reads make no DLM requests (status dlm_requests)" "$before" "$(st d1 's["lus"][0]["cluster"]["dlm_requests"]')"
+# At depth, in cluster mode, READs/WRITEs go through each LU thread's
+# io_uring (holding their admission until done), still no DLM request per
+# command; B (the holder, through d2) writes and verifies, A reads.
+fio --name=a --filename="$sda" --rw=randread --bs=4k --size=16M --number_ios=2000 --direct=1 --ioengine=libaio \
+    --iodepth=16 --output="$ART/fio-a.txt"
+check "fio reads at depth through d1" grep -q "err= 0" "$ART/fio-a.txt"
+fio --name=b --filename="$sdb" --rw=randwrite --bs=4k --size=8M --offset=32M --direct=1 --ioengine=libaio \
+    --iodepth=16 --verify=crc32c --do_verify=1 --verify_fatal=1 --output="$ART/fio-b.txt"
+check "fio write+verify at depth through d2" grep -q "err= 0" "$ART/fio-b.txt"
+check_eq "I/O at depth makes no DLM requests" "$before" "$(st d1 's["lus"][0]["cluster"]["dlm_requests"]')"
+check "d1 served reads through io_uring" test "$(st d1 's["lus"][0]["views"][0]["io_uring_commands"]')" -gt 1000
+check "d2 served writes and reads through io_uring" test "$(st d2 's["lus"][0]["views"][0]["io_uring_commands"]')" -gt 3000
+# A PR change through d2 while reads at depth run through d1: the update
+# drains d1's admissions, which its io_uring I/Os hold; they finish, the
+# change goes through, the reads go on.
+fio --name=bg --filename="$sda" --rw=randread --bs=4k --size=16M --direct=1 --ioengine=libaio --iodepth=16 \
+    --time_based --runtime=10 --output="$ART/fio-bg.txt" &
+fiopid=$!
+sleep 3
+for k in 3 4 5 2; do
+  check "PR OUT through d2 during I/O at depth (B's key to 0x$k)" timeout 20 sg_persist -n --out --register-ignore --param-sark=0x$k "$sdb"
+done
+wait $fiopid
+check_eq "keys through d1 after the changes" "0x2 " "$(keys "$sda")"
+check "the reads at depth through d1 went on without errors" grep -q "err= 0" "$ART/fio-bg.txt"
 
 # Log level at run time: trace on d1 shows per-command lines, back to info stops them.
 "$TCMU_PRD" log-level --socket /run/tcmu-prd/d1.sock "info,tcmu_prd=trace"
