@@ -730,8 +730,7 @@ impl Aio {
             Ok(None) => return Some(cmd),
             Ok(Some(io)) => io,
         };
-        let backing = core.view.backing().clone();
-        let Some((file, align)) = backing.async_file() else {
+        let Some((file, align)) = core.view.backing().async_file() else {
             return Some(cmd);
         };
         let p = &io.plan;

@@ -210,14 +210,11 @@ impl<T> Uring<T> {
 
     /// Moves every completion that arrived into `out`.
     pub fn reap(&mut self, out: &mut Vec<Finished<T>>) {
-        let done: Vec<(u64, i32)> = self
-            .ring
-            .completion()
-            .map(|c| (c.user_data(), c.result()))
-            .collect();
-        for (key, res) in done {
-            let Some(op) = self.ops.remove(&key) else {
-                tracing::error!(lu = %self.name, key, "io_uring completion for no operation");
+        let (ops, name) = (&mut self.ops, &self.name);
+        for c in self.ring.completion() {
+            let (key, res) = (c.user_data(), c.result());
+            let Some(op) = ops.remove(&key) else {
+                tracing::error!(lu = %name, key, "io_uring completion for no operation");
                 continue;
             };
             let result = match usize::try_from(res) {
