@@ -14,6 +14,9 @@
 //!   [`Response`].
 //! - [`queue`]: [`Ring`], which reads entries up to `cmd_head`, writes
 //!   completions at `cmd_tail` and publishes them in batches.
+//! - [`uring`]: READ/WRITE data moved by the kernel's io_uring straight
+//!   between a command's data-area pages and the backing file, the command
+//!   kept until its completion.
 //! - `sim` (tests, feature `sim`): a simulated 6.1 kernel.
 //!
 //! # How the kernel consumes completions (6.1, `tcmu_handle_completions`)
