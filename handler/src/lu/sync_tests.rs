@@ -284,6 +284,19 @@ fn an_update_waits_for_commands_in_flight_on_the_other_node() {
     assert_eq!(b.admit().unwrap().state().pr.generation, 1);
 }
 
+/// Records REGISTRATIONS PREEMPTED for `target` through `node`'s update.
+fn preempted_ua_for(node: &StateSync, target: &Nexus) {
+    let target = target.clone();
+    node.update(move |s| {
+        let uas = vec![UnitAttention {
+            nexus: target,
+            ua: Ua::RegistrationsPreempted,
+        }];
+        ((), Some(s.clone()), uas)
+    })
+    .unwrap();
+}
+
 #[test]
 fn unit_attentions_reach_the_node_serving_the_nexus_once() {
     let dir = tempfile::tempdir().unwrap();
@@ -299,15 +312,7 @@ fn unit_attentions_reach_the_node_serving_the_nexus_once() {
     // x is served by node b, y by node a (first command attaches).
     b.sync_uas(&x, &qb).unwrap();
     a.sync_uas(&y, &qa).unwrap();
-    let target = x.clone();
-    a.update(move |s| {
-        let uas = vec![UnitAttention {
-            nexus: target,
-            ua: Ua::RegistrationsPreempted,
-        }];
-        ((), Some(s.clone()), uas)
-    })
-    .unwrap();
+    preempted_ua_for(&a, &x);
     a.sync_uas(&y, &qa).unwrap();
     assert!(!qa.lock().unwrap().has_pending(&x), "not a's nexus");
     b.sync_uas(&x, &qb).unwrap();
@@ -582,15 +587,7 @@ fn try_admit_admits_without_waiting_or_says_none() {
     let q = Mutex::new(UaQueues::default());
     let x = nexus(0x30);
     b.sync_uas_admitted(&b.try_admit().unwrap(), &x, &q);
-    let target = x.clone();
-    a.update(move |s| {
-        let uas = vec![UnitAttention {
-            nexus: target,
-            ua: Ua::RegistrationsPreempted,
-        }];
-        ((), Some(s.clone()), uas)
-    })
-    .unwrap();
+    preempted_ua_for(&a, &x);
     drop(b.admit().unwrap());
     b.sync_uas_admitted(&b.try_admit().unwrap(), &x, &q);
     assert_eq!(q.lock().unwrap().take(&x), Some(Ua::RegistrationsPreempted));

@@ -869,16 +869,7 @@ impl View {
             Ok(a) => a,
             Err(e) => return super::sync::refusal(&self.lu.scsi, &e),
         };
-        let access = pr::check_access_with(&admitted.state().pr, nexus, cdb, || {
-            self.registered_in(admitted.state_arc(), &who, nexus)
-        });
-        if access == pr::Access::Conflict {
-            let spc2_other = admitted
-                .state()
-                .pr
-                .spc2_holder
-                .as_ref()
-                .is_some_and(|h| !h.matches(nexus));
+        if let Some(spc2_other) = self.conflict(&admitted, &who, nexus, cdb) {
             drop(admitted);
             drop(_gate);
             if !(spc2_other && self.lu.release_lost_spc2()) {
@@ -887,6 +878,30 @@ impl View {
             return self.execute(cdb, data_out, data_in);
         }
         self.lu.scsi.execute(&port, cdb, data_out, data_in)
+    }
+
+    /// `Some(spc2_other)` if the data command `cdb` of `nexus` conflicts
+    /// with the reservation of the admitted state; `spc2_other`: an SPC-2
+    /// reservation of another nexus is (part of) why, which may be released
+    /// if its holder is gone.
+    fn conflict(
+        &self,
+        admitted: &super::sync::Admitted,
+        who: &Arc<Who>,
+        nexus: &pr::Nexus,
+        cdb: &[u8],
+    ) -> Option<bool> {
+        let access = pr::check_access_with(&admitted.state().pr, nexus, cdb, || {
+            self.registered_in(admitted.state_arc(), who, nexus)
+        });
+        (access == pr::Access::Conflict).then(|| {
+            admitted
+                .state()
+                .pr
+                .spc2_holder
+                .as_ref()
+                .is_some_and(|h| !h.matches(nexus))
+        })
     }
 
     /// A READ/WRITE of this view's initiator ready for asynchronous I/O:
@@ -920,16 +935,7 @@ impl View {
         let Some(gate) = self.lu.gate.try_read_owned() else {
             return Ok(None);
         };
-        let access = pr::check_access_with(&admitted.state().pr, nexus, cdb, || {
-            self.registered_in(admitted.state_arc(), &who, nexus)
-        });
-        if access == pr::Access::Conflict {
-            let spc2_other = admitted
-                .state()
-                .pr
-                .spc2_holder
-                .as_ref()
-                .is_some_and(|h| !h.matches(nexus));
+        if let Some(spc2_other) = self.conflict(&admitted, &who, nexus, cdb) {
             if spc2_other {
                 return Ok(None);
             }

@@ -285,6 +285,30 @@ mod tests {
         }
     }
 
+    /// Queues a WRITE10 of `data` (its whole length) at `offset` and
+    /// waits for it.
+    fn write_at(
+        sim: &mut SimKernel,
+        ring: &mut Ring,
+        u: &mut Uring<u32>,
+        file: &std::fs::File,
+        data: Vec<u8>,
+        offset: u64,
+        dsync: bool,
+    ) -> Finished<u32> {
+        let len = data.len();
+        sim.submit(&WRITE10, Dir::ToDevice(data)).unwrap();
+        let cmd = next_cmd(ring);
+        let req = IoRequest {
+            kind: IoKind::Write { dsync },
+            offset,
+            len,
+        };
+        u.push(file.as_fd(), 1, cmd, req, 7).unwrap();
+        assert_eq!(u.outstanding(), 1);
+        reap_one(u)
+    }
+
     fn reap_one(u: &mut Uring<u32>) -> Finished<u32> {
         let mut out = Vec::new();
         while out.is_empty() {
@@ -306,17 +330,15 @@ mod tests {
         let payload: Vec<u8> = (0..4096u32)
             .map(|i| u8::try_from(i * 13 % 251).unwrap())
             .collect();
-        sim.submit(&WRITE10, Dir::ToDevice(payload.clone()))
-            .unwrap();
-        let cmd = next_cmd(&mut ring);
-        let req = IoRequest {
-            kind: IoKind::Write { dsync: true },
-            offset: 8192,
-            len: 4096,
-        };
-        u.push(file.as_fd(), 1, cmd, req, 7).unwrap();
-        assert_eq!(u.outstanding(), 1);
-        let f = reap_one(&mut u);
+        let f = write_at(
+            &mut sim,
+            &mut ring,
+            &mut u,
+            &file,
+            payload.clone(),
+            8192,
+            true,
+        );
         assert_eq!((f.tag, f.result.as_ref().ok().copied()), (7, Some(4096)));
         assert_eq!(u.outstanding(), 0);
         ring.complete(f.cmd, &Response::good()).unwrap();
@@ -380,15 +402,7 @@ mod tests {
         let mut sim = SimKernel::new(64 * 1024, 64, 4096);
         let mut ring = sim.ring();
         let mut u = Uring::<u32>::new("t", 8).unwrap();
-        sim.submit(&WRITE10, Dir::ToDevice(vec![1; 4096])).unwrap();
-        let cmd = next_cmd(&mut ring);
-        let req = IoRequest {
-            kind: IoKind::Write { dsync: false },
-            offset: 0,
-            len: 4096,
-        };
-        u.push(file.as_fd(), 1, cmd, req, 3).unwrap();
-        let f = reap_one(&mut u);
+        let f = write_at(&mut sim, &mut ring, &mut u, &file, vec![1; 4096], 0, false);
         assert_eq!(
             f.result
                 .as_ref()
