@@ -123,6 +123,15 @@ impl Ring {
         self.inflight.iter().map(|w| w.count_ones() as usize).sum()
     }
 
+    /// Whether the kernel queued entries that [`Ring::poll`] has not read
+    /// yet: one load of `cmd_head`, no system call (for polling before
+    /// sleeping on the uio fd).
+    #[must_use]
+    pub fn has_new(&self) -> bool {
+        // Acquire, as in `poll`, which reads the entries if this says so.
+        self.broken.is_none() && self.map.cmd_head().load(Ordering::Acquire) != self.next
+    }
+
     /// Why reading stopped, if the ring structure was found broken.
     #[must_use]
     pub fn broken(&self) -> Option<&EntryError> {

@@ -160,6 +160,26 @@ fn inquiry_data_in_with_short_read_len() {
 }
 
 #[test]
+fn has_new_says_whether_poll_has_entries_to_read() {
+    let mut sim = small();
+    let mut ring = sim.ring();
+    assert!(!ring.has_new(), "an empty ring");
+    sim.submit(&INQUIRY, Dir::FromDevice(36)).unwrap();
+    sim.submit(&INQUIRY, Dir::FromDevice(36)).unwrap();
+    assert!(ring.has_new());
+    let a = next_cmd(&mut ring);
+    assert!(ring.has_new(), "one entry is still unread");
+    let b = next_cmd(&mut ring);
+    assert!(!ring.has_new(), "read up to cmd_head, none completed yet");
+    ring.complete(a, &Response::good()).unwrap();
+    ring.complete(b, &Response::good()).unwrap();
+    flush_and_consume(&mut sim, &mut ring);
+    assert!(!ring.has_new(), "completions are not new entries");
+    sim.submit(&INQUIRY, Dir::FromDevice(36)).unwrap();
+    assert!(ring.has_new());
+}
+
+#[test]
 fn full_read_sets_no_read_len() {
     let mut sim = small();
     let mut ring = sim.ring();
