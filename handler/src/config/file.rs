@@ -5,6 +5,7 @@
 //! [daemon]
 //! worker_threads = 4
 //! io_uring = true      # READ/WRITE at depth through io_uring (false: workers)
+//! poll_us = 0           # watch the rings this long before sleeping (iodepth 1)
 //! log_level = "info"
 //! dbus = true           # absent: use the system bus if there is one
 //!
@@ -76,6 +77,14 @@ pub struct Daemon {
     /// the workers do it, with a warning. A reload applies it to LUs started
     /// afterwards. Default `true`.
     pub io_uring: bool,
+    /// `poll_us`: how long (microseconds, at most 10000) the ring thread of
+    /// an LU with one view (one I_T nexus), once nothing of its LU is
+    /// outstanding, watches the ring for the next command before it sleeps
+    /// on the uio fd. It lowers the
+    /// latency of an initiator at iodepth 1 (no uio wake-up and thread
+    /// switch per command) at the price of a busy CPU for up to that long
+    /// after each command. Default `0`: sleep at once.
+    pub poll_us: PollUs,
     /// `log_level`: a `tracing` filter directive such as `"info"` or
     /// `"tcmu_prd::netlink=debug,info"`; `RUST_LOG` overrides it. Default
     /// `"info"`.
@@ -94,8 +103,40 @@ impl Default for Daemon {
         Daemon {
             worker_threads: std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN),
             io_uring: true,
+            poll_us: PollUs(0),
             log_level: LogLevel("info".into()),
             dbus: None,
+        }
+    }
+}
+
+impl Daemon {
+    /// `poll_us` as a duration.
+    #[must_use]
+    pub fn poll(&self) -> std::time::Duration {
+        std::time::Duration::from_micros(u64::from(self.poll_us.0))
+    }
+}
+
+/// `poll_us`: 0..=[`PollUs::MAX`] microseconds, checked when the file is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "i64")]
+pub struct PollUs(pub u32);
+
+impl PollUs {
+    /// 10 ms: longer than that, sleeping costs less than a busy CPU.
+    pub const MAX: u32 = 10_000;
+}
+
+impl TryFrom<i64> for PollUs {
+    type Error = String;
+    fn try_from(v: i64) -> Result<Self, String> {
+        match u32::try_from(v) {
+            Ok(us) if us <= Self::MAX => Ok(PollUs(us)),
+            _ => Err(format!(
+                "poll_us must be 0..={} (microseconds), not {v}",
+                Self::MAX
+            )),
         }
     }
 }
@@ -387,6 +428,7 @@ mod tests {
         assert_eq!(c.cluster.mode, ClusterMode::Local);
         assert_eq!(c.cluster.lockspace.0, "tcmu-prd");
         assert_eq!(c.daemon.dbus, None, "D-Bus: use it when there is a bus");
+        assert!(c.daemon.poll().is_zero(), "no polling unless asked for");
         assert_eq!(c.paths.roots(), Roots::default());
         assert_eq!(
             c.paths.control_socket,
@@ -401,6 +443,7 @@ mod tests {
 [daemon]
 worker_threads = 3
 io_uring = false
+poll_us = 250
 log_level = "tcmu_prd::netlink=debug,info"
 dbus = false
 [devices]
@@ -419,6 +462,7 @@ control_socket = "/run/t/a.sock"
         .unwrap();
         assert_eq!(c.daemon.worker_threads.get(), 3);
         assert!(!c.daemon.io_uring);
+        assert_eq!(c.daemon.poll(), std::time::Duration::from_micros(250));
         assert_eq!(c.daemon.dbus, Some(false));
         assert_eq!(c.devices.hbas, vec![1, 2]);
         assert_eq!(c.cluster.mode, ClusterMode::Dlm);
@@ -457,6 +501,21 @@ control_socket = "/run/t/a.sock"
                 "devices.names",
             ),
             ("[devices]\nhbas = [-1]\n", "/etc/t.toml:2:", "devices.hbas"),
+            (
+                "[daemon]\npoll_us = 10001\n",
+                "/etc/t.toml:2:",
+                "poll_us must be 0..=10000",
+            ),
+            (
+                "[daemon]\npoll_us = -1\n",
+                "/etc/t.toml:2:",
+                "poll_us must be 0..=10000",
+            ),
+            (
+                "[daemon]\npoll_us = \"50\"\n",
+                "/etc/t.toml:2:",
+                "daemon.poll_us",
+            ),
             ("[bogus]\n", "/etc/t.toml:1:", "bogus"),
             ("[daemon\n", "/etc/t.toml:1:", ""),
         ];

@@ -23,7 +23,7 @@ use tracing::{debug, error, info, warn};
 
 use super::control;
 use super::device::Device;
-use super::lu_thread::{LuThread, Notice};
+use super::lu_thread::{LuThread, Notice, ThreadOpts};
 use super::notify;
 use super::pool::Pool;
 use crate::config::{ClusterMode, Config};
@@ -238,7 +238,10 @@ impl Daemon {
                 name,
                 self.pool.clone(),
                 self.stop_reading.clone(),
-                self.opts.config.daemon.io_uring,
+                ThreadOpts {
+                    uring: self.opts.config.daemon.io_uring,
+                    poll: self.opts.config.daemon.poll(),
+                },
             ) {
                 Ok(t) => {
                     self.lu_threads.insert(key, t);
