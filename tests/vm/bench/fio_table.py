@@ -15,8 +15,9 @@ NAMES = {"a": "LIO fileio (in-kernel)", "b": "tcmu-prd dlmfile", "c": "tcmu-prd,
          "w": "tcmu-prd dlmfile, worker_threads = 8",
          "n": "tcmu-prd dlmfile, direct=0 (page cache)",
          "o": "tcmu-prd dlmfile, the binary before the change",
+         "v": "tcmu-prd dlmfile, " + os.environ.get("PROFILE_VARIANT", "variant"),
          "q": "LIO fileio, fio pinned to vCPU 1", "p": "tcmu-prd dlmfile, fio pinned to vCPU 1"}
-ORDER = "aiobncdwqp"
+ORDER = "aiobnvcdwqp"
 
 
 def load(path):

@@ -1,6 +1,7 @@
-# Benchmark (not part of the default VM run): A/B of the data path in ONE boot, each job repeated 3 times interleaved, every other repeat in reverse order (so drift in the emulator and a row's place in the sequence hit every row alike): (a) LIO fileio, (i) LIO iblock on a direct-I/O loop device, (o) the binary at target/bench-old/tcmu-prd (the "before" of a change, built by tests/vm/bench/build-old REV; skipped if absent), (b) this build, (n) this build on an image opened without O_DIRECT (direct=0: the page cache, as LIO fileio uses it), (w) this build with worker_threads = 8; the table shows the median of the repeats and the IOPS range
+# Benchmark (not part of the default VM run): A/B of the data path in ONE boot, each job repeated 3 times interleaved, every other repeat in reverse order (so drift in the emulator and a row's place in the sequence hit every row alike): (a) LIO fileio, (i) LIO iblock on a direct-I/O loop device, (o) the binary at target/bench-old/tcmu-prd (the "before" of a change, built by tests/vm/bench/build-old REV; skipped if absent), (b) this build, (n) this build on an image opened without O_DIRECT (direct=0: the page cache, as LIO fileio uses it), (v) this build with one more [daemon] line, PROFILE_VARIANT (default poll_us = 2000); the table shows the median of the repeats and the IOPS range
 #   tests/vm/run tests/vm/bench/profile.sh     (FIO_RUNTIME=seconds per job, default 5)
 # To look at a few jobs only: PROFILE_JOBS="randread 4k 32 1,randread 4k 1 1" (rw bs iodepth numjobs, comma-separated), PROFILE_REPS=5 (default 3).
+# Another variant: PROFILE_VARIANT="worker_threads = 8".
 # Guest perf (cpu-clock) is useless under TCG: 99 % of the samples land in the idle loop (BENCHMARKS.md), so it is not run here.
 . "$VM_LIB"
 . "$ROOT/tests/vm/bench/lib.sh"
@@ -11,8 +12,9 @@ REPS="${PROFILE_REPS:-3}"
 JOBS="${PROFILE_JOBS:-randread 4k 1 1,randread 4k 32 1,randread 4k 32 4,randwrite 4k 1 1,read 128k 32 1,write 128k 32 1}"
 SIZE=$((160 << 20))
 OLD="$ROOT/target/bench-old/tcmu-prd"
-LABELS="a i b n w"
-[ -x "$OLD" ] && LABELS="a i o b n w"
+LABELS="a i b n v"
+[ -x "$OLD" ] && LABELS="a i o b n v"
+export PROFILE_VARIANT="${PROFILE_VARIANT:-poll_us = 2000}"
 bench_images $SIZE $LABELS
 declare -A dev
 dev[a]=$(bench_fileio $SIZE)
@@ -23,20 +25,20 @@ echo "udev_path=$loopdev" > $TARGET/core/iblock_0/i/control
 echo 1 > $TARGET/core/iblock_0/i/enable
 dev[i]=$(bench_lun naa.5001405000000c01 naa.5001405000000c02 $TARGET/core/iblock_0/i)
 
-# One daemon per hba: 1 = this build (b), 2 = this build with 8 workers (w),
-# 3 = the old binary (o).
+# One daemon per hba: 1 = this build (b), 2 = this build with the variant
+# line (v), 3 = the old binary (o).
 conf() {  # NAME HBA [EXTRA DAEMON LINE]
   printf '[daemon]\ndbus = false\n%s\n[devices]\nhbas = [%s]\n[paths]\ncontrol_socket = "/run/tcmu-prd/prof-%s.sock"\n' "${3:-}" "$2" "$1" > "$ART/$1.toml"
 }
-conf cur 1; conf w8 2 "worker_threads = 8"; conf old 3
+conf cur 1; conf var 2 "$PROFILE_VARIANT"; conf old 3
 TCMU_PRD_LOG=info daemon_start cur --config "$ART/cur.toml"
-TCMU_PRD_LOG=info daemon_start w8 --config "$ART/w8.toml"
+TCMU_PRD_LOG=info daemon_start var --config "$ART/var.toml"
 if [ -x "$OLD" ]; then TCMU_PRD="$OLD" TCMU_PRD_LOG=info daemon_start old --config "$ART/old.toml"; fi
-declare -A hex=([b]=b [n]=e [w]=f [o]=d)
+declare -A hex=([b]=b [n]=e [v]=f [o]=d)
 user() {  # LABEL HBA [CFGSTRING OPTIONS]
   dev[$1]=$(bench_user "$2" "$1" "${hex[$1]}" $SIZE "${3:-}")
 }
-user b 1; user n 1 ";direct=0"; user w 2
+user b 1; user n 1 ";direct=0"; user v 2
 [ -x "$OLD" ] && user o 3
 wait_for 60 "views resolved" bash -c "[ \$(cat $ART/*.log | grep -c 'serves one I_T nexus') -ge $(( $(echo $LABELS | wc -w) - 2 )) ]"
 for l in $LABELS; do say "($l) ${dev[$l]}"; done
@@ -57,6 +59,6 @@ for w in "${jobs[@]}"; do
   done
 done
 python3 "$ROOT/tests/vm/bench/fio_table.py" "$ART" | tee "$ART/table.md"
-daemon_stop cur TERM; daemon_stop w8 TERM
+daemon_stop cur TERM; daemon_stop var TERM
 [ -x "$OLD" ] && daemon_stop old TERM
 losetup -d "$loopdev" || true
