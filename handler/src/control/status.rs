@@ -90,6 +90,10 @@ pub struct ViewStatus {
     /// itself or on the worker pool).
     #[serde(default)]
     pub io_uring_commands: u64,
+    /// Times the LU thread found new entries of this view by watching the
+    /// ring (`poll_us`), each a uio wake-up and thread switch saved.
+    #[serde(default)]
+    pub polled: u64,
     /// The I_T nexus the view serves; `None` when there is none (see
     /// `nexus_problem`).
     pub nexus: Option<NexusStatus>,
@@ -428,6 +432,7 @@ fn render_lu(o: &mut String, lu: &LuStatus) {
         "UIO".into(),
         "IN-FLIGHT".into(),
         "IO_URING".into(),
+        "POLLED".into(),
         "I_T NEXUS".into(),
     ]];
     for v in &lu.views {
@@ -441,6 +446,7 @@ fn render_lu(o: &mut String, lu: &LuStatus) {
             v.uio.clone(),
             v.in_flight.to_string(),
             v.io_uring_commands.to_string(),
+            v.polled.to_string(),
             nexus,
         ]);
     }
@@ -576,6 +582,7 @@ mod tests {
                         uio: "uio0".into(),
                         in_flight: 0,
                         io_uring_commands: 1234,
+                        polled: 5678,
                         nexus: Some(NexusStatus::of(&a, &ports)),
                         nexus_problem: None,
                     },
@@ -584,6 +591,7 @@ mod tests {
                         uio: "uio1".into(),
                         in_flight: 3,
                         io_uring_commands: 0,
+                        polled: 0,
                         nexus: None,
                         nexus_problem: Some("two ACLs map it".into()),
                     },
@@ -702,6 +710,8 @@ mod tests {
             "user_1/lu1-aaaa",
             "IO_URING",
             "1234",
+            "POLLED",
+            "5678",
             "naa.500140500000a001 -> loopback/naa.5001405000000101/tpgt_1 (rtpi 1)",
             "none: two ACLs map it",
             "PR generation 0x3, APTPL off, 2 registration(s)",

@@ -49,6 +49,7 @@ pub(super) struct DeviceSnap {
     pub minor: u32,
     pub in_flight: usize,
     pub uring_commands: u64,
+    pub polled: u64,
     pub view: Arc<View>,
 }
 
@@ -488,6 +489,7 @@ fn lu_status(
                 uio: format!("uio{}", d.minor),
                 in_flight: d.in_flight,
                 io_uring_commands: d.uring_commands,
+                polled: d.polled,
                 nexus,
                 nexus_problem,
             }
@@ -597,6 +599,7 @@ mod tests {
             minor,
             in_flight: minor as usize,
             uring_commands: 0,
+            polled: 0,
             view,
         }
     }

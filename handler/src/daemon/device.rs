@@ -213,6 +213,7 @@ impl Device {
             minor: self.minor,
             in_flight: self.in_flight(),
             uring_commands: self.core.uring_commands(),
+            polled: self.core.polled(),
             view: self.view.clone(),
         }
     }

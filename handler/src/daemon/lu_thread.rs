@@ -66,6 +66,8 @@ pub(super) struct Core {
     state: Mutex<RingState>,
     /// Commands that went to the file through the LU thread's io_uring.
     via_uring: std::sync::atomic::AtomicU64,
+    /// Times the LU thread found new entries by watching the ring.
+    polled: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Debug)]
@@ -319,7 +321,13 @@ impl Core {
                 removal_notice: None,
             }),
             via_uring: std::sync::atomic::AtomicU64::new(0),
+            polled: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// Times the LU thread found new entries of this view by watching the ring.
+    pub(super) fn polled(&self) -> u64 {
+        self.polled.load(Ordering::Relaxed)
     }
 
     /// Commands of this view that went through the LU thread's io_uring.
@@ -698,6 +706,7 @@ fn watch(ends: &Ends<'_>, budget: Duration, ready: &mut Vec<Token>) -> bool {
     let deadline = Instant::now() + budget;
     loop {
         if core.has_new() {
+            core.polled.fetch_add(1, Ordering::Relaxed);
             ready.push(token);
         }
         if !ready.is_empty()
@@ -1576,6 +1585,7 @@ mod tests {
             }
             if s.completed().contains(&quiet) {
                 served += 1;
+                assert!(s.core.polled() >= served as u64, "counted in the status");
             } else {
                 s.irq.write_all(&[0; 4]).unwrap();
             }
