@@ -1,5 +1,6 @@
 # Benchmark (not part of the default VM run): fio through tcm_loop in ONE boot against (a) LIO in-kernel fileio, (b) tcmu-prd dlmfile, (c) tcmu-prd with WERO and 100 registrants, (d) tcmu-prd in cluster mode on the real DLM; each job runs on the four backstores in turn and is repeated (so drift in the emulator hits every row alike); prints a table of the medians with each tcmu-prd row's ratio to (a)
 #   tests/vm/run tests/vm/bench/fio.sh        (FIO_RUNTIME=seconds per job, default 5; FIO_REPS=repeats, default 2)
+# FIO_DAEMON="poll_us = 2000": one more [daemon] line for both tcmu-prd daemons.
 . "$VM_LIB"
 . "$ROOT/tests/vm/bench/lib.sh"
 need_target
@@ -15,8 +16,8 @@ dev[a]=$(bench_fileio $SIZE)
 
 # (b) and (c): tcmu-prd, local mode (hba 1), one LU each, so (c)'s
 # reservation does not touch (b); (d): cluster mode (hba 2).
-printf '[daemon]\ndbus = false\n[devices]\nhbas = [1]\n[paths]\ncontrol_socket = "/run/tcmu-prd/bench-l.sock"\n' > "$ART/local.toml"
-printf '[daemon]\ndbus = false\n[devices]\nhbas = [2]\n[cluster]\nmode = "dlm"\n[paths]\ncontrol_socket = "/run/tcmu-prd/bench-c.sock"\n' > "$ART/cluster.toml"
+printf '[daemon]\ndbus = false\n%s\n[devices]\nhbas = [1]\n[paths]\ncontrol_socket = "/run/tcmu-prd/bench-l.sock"\n' "${FIO_DAEMON:-}" > "$ART/local.toml"
+printf '[daemon]\ndbus = false\n%s\n[devices]\nhbas = [2]\n[cluster]\nmode = "dlm"\n[paths]\ncontrol_socket = "/run/tcmu-prd/bench-c.sock"\n' "${FIO_DAEMON:-}" > "$ART/cluster.toml"
 TCMU_PRD_LOG=info daemon_start local --config "$ART/local.toml"
 TCMU_PRD_LOG=info daemon_start cluster --config "$ART/cluster.toml"
 wait_for 30 "cluster daemon joined" grep -q 'joined the DLM lockspace' "$ART/cluster.log"
