@@ -153,7 +153,7 @@ fio --name=qd16 --filename="$sd" --rw=randwrite --bs=4k --size=8M --offset=52M -
 check "fio verify at depth with poll_us" grep -q "err= 0" "$ART/fio-poll-qd16.txt"
 "$TCMU_PRD" status --json > "$ART/status-poll.json"
 polled=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["lus"][0]["views"][0]["polled"])' "$ART/status-poll.json")
-say "commands found by polling: $polled (of 2048 at iodepth 1)"
+say "commands found by polling: $polled (fio sent 2048 at iodepth 1, then 4096 at depth)"
 check "the LU thread found commands by watching the ring" test "$polled" -gt 200
 daemon_stop d4 TERM
 check_eq "daemon with poll_us exit status" 0 "$DAEMON_RC"
