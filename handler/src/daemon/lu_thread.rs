@@ -703,9 +703,12 @@ fn watch(ends: &Ends<'_>, budget: Duration, ready: &mut Vec<Token>) -> bool {
     }) else {
         return false;
     };
+    // No lock while spinning: the event loop (status, removal) and the
+    // workers share the ring's, and only this thread reads the ring.
+    let head = core.lock().ring.head_watch();
     let deadline = Instant::now() + budget;
     loop {
-        if core.has_new() {
+        if head.moved() {
             core.polled.fetch_add(1, Ordering::Relaxed);
             ready.push(token);
         }
@@ -713,7 +716,7 @@ fn watch(ends: &Ends<'_>, budget: Duration, ready: &mut Vec<Token>) -> bool {
             || !ends.done.is_empty()
             || ends.shared.stop.load(Ordering::Acquire)
             || ends.stopping.load(Ordering::Acquire)
-            || !lock(&ends.shared.joined).is_empty()
+            || ends.shared.joined.try_lock().is_ok_and(|j| !j.is_empty())
         {
             return true;
         }
@@ -1092,12 +1095,14 @@ mod tests {
 
     /// A thread serving every side, side i under token 16 + i.
     fn serve(sides: &[Side], pool: &Arc<Pool>, stopping: bool) -> LuThread {
-        let opts = ThreadOpts {
-            uring: true,
-            poll: Duration::ZERO,
-        };
-        serve_with(sides, pool, stopping, opts)
+        serve_with(sides, pool, stopping, URING_NO_POLL)
     }
+
+    /// The daemon's defaults: io_uring on, no polling.
+    const URING_NO_POLL: ThreadOpts = ThreadOpts {
+        uring: true,
+        poll: Duration::ZERO,
+    };
 
     fn serve_with(sides: &[Side], pool: &Arc<Pool>, stopping: bool, opts: ThreadOpts) -> LuThread {
         let t = LuThread::spawn(
@@ -1616,10 +1621,7 @@ mod tests {
             "t-lu".into(),
             pool,
             Arc::new(AtomicBool::new(false)),
-            ThreadOpts {
-                uring: true,
-                poll: Duration::ZERO,
-            },
+            URING_NO_POLL,
         )
         .unwrap();
         assert!(t.join(WAKE, &sides[0].core).is_err());

@@ -42,6 +42,29 @@ struct Slot {
 const UFLAG_READ_LEN: u8 = TCMU_UFLAG_READ_LEN as u8;
 const _: () = assert!(UFLAG_READ_LEN as u32 == TCMU_UFLAG_READ_LEN);
 
+/// Whether the kernel's `cmd_head` is past `next`.
+fn head_moved(map: &Mapping, next: u32) -> bool {
+    // Acquire, as in `Ring::poll`, which reads the entries if this says so.
+    map.cmd_head().load(Ordering::Acquire) != next
+}
+
+/// Where a ring's reading stopped, to watch `cmd_head` move past it (see
+/// [`Ring::head_watch`]).
+#[derive(Debug)]
+pub struct HeadWatch {
+    map: Arc<Mapping>,
+    /// `None` for a broken ring: it is not read again.
+    next: Option<u32>,
+}
+
+impl HeadWatch {
+    /// Whether the kernel queued entries since the watch was taken.
+    #[must_use]
+    pub fn moved(&self) -> bool {
+        self.next.is_some_and(|n| head_moved(&self.map, n))
+    }
+}
+
 /// Distinguishes rings so a command cannot be completed on the wrong one.
 static NEXT_RING_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -128,8 +151,17 @@ impl Ring {
     /// sleeping on the uio fd).
     #[must_use]
     pub fn has_new(&self) -> bool {
-        // Acquire, as in `poll`, which reads the entries if this says so.
-        self.broken.is_none() && self.map.cmd_head().load(Ordering::Acquire) != self.next
+        self.broken.is_none() && head_moved(&self.map, self.next)
+    }
+
+    /// [`Ring::has_new`] for a thread that watches the ring without its
+    /// lock: valid until the ring is next read, which only its reader does.
+    #[must_use]
+    pub fn head_watch(&self) -> HeadWatch {
+        HeadWatch {
+            map: self.map.clone(),
+            next: self.broken.is_none().then_some(self.next),
+        }
     }
 
     /// Why reading stopped, if the ring structure was found broken.

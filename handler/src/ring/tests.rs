@@ -175,8 +175,11 @@ fn has_new_says_whether_poll_has_entries_to_read() {
     ring.complete(b, &Response::good()).unwrap();
     flush_and_consume(&mut sim, &mut ring);
     assert!(!ring.has_new(), "completions are not new entries");
+    let watch = ring.head_watch();
+    assert!(!watch.moved());
     sim.submit(&INQUIRY, Dir::FromDevice(36)).unwrap();
     assert!(ring.has_new());
+    assert!(watch.moved(), "the watch sees the entry without the ring");
 }
 
 #[test]
