@@ -78,9 +78,9 @@ pub struct Daemon {
     /// afterwards. Default `true`.
     pub io_uring: bool,
     /// `poll_us`: how long (microseconds, at most 10000) the ring thread of
-    /// an LU with one view (one I_T nexus), once nothing of its LU is
-    /// outstanding, watches the ring for the next command before it sleeps
-    /// on the uio fd. It lowers the
+    /// an LU, once nothing of that LU is outstanding, watches the rings of
+    /// its views for the next command before it sleeps on their uio fds.
+    /// It lowers the
     /// latency of an initiator at iodepth 1 (no uio wake-up and thread
     /// switch per command) at the price of a busy CPU for up to that long
     /// after each command. Default `0`: sleep at once.

@@ -14,10 +14,16 @@
 //! one view changes what the LU's other views must answer next (a LUN RESET
 //! queues BUS DEVICE RESET FUNCTION OCCURRED for every other nexus, SAM-5
 //! 6.3.3), and the kernel puts the TMR entry in the first view's ring before
-//! it answers the TMR. One thread reading the views' fds in the order epoll
-//! reports them ready (the order they became ready) reads that entry before
-//! anything the initiator sends on another view afterwards; threads per
-//! device could serve the other view first (libiscsi's MultipathIO.Reset).
+//! it answers the TMR. Each round the thread reads every view's ring, again
+//! and again until one pass over all of them finds nothing new, before it
+//! runs or hands off any command it read: a command the initiator sent on
+//! another view after the TMR was answered is seen only after the TMR entry
+//! was published, so the pass after the one that read the command finds the
+//! TMR, and its unit attentions are queued before that command runs
+//! (libiscsi's MultipathIO.Reset). Threads per device could serve the other
+//! view first. The passes end: no command is completed while they run, so
+//! a ring cannot take more commands than it holds; TMR entries free their
+//! space at once, so a flood of them is cut off after [`MAX_PASSES`].
 //! A backing file that hangs blocks its own LU, never another LU or netlink.
 
 use std::collections::HashMap;
@@ -36,7 +42,9 @@ use super::pool::{Job, Pool};
 use crate::backing::iov;
 use crate::lu::{RwIo, View};
 use crate::ring::uring::{Finished, IoKind, IoRequest, Refused, Uring};
-use crate::ring::{Event as RingEvent, InFlightCmd, Response, Ring, TmrEvent, TmrType, UioFd};
+use crate::ring::{
+    Event as RingEvent, HeadWatch, InFlightCmd, Response, Ring, TmrEvent, TmrType, UioFd,
+};
 use crate::scsi::opcode::{Direction, direction};
 
 /// Where a ring thread sleeps for one view: its uio fd (a socket in unit tests).
@@ -378,94 +386,13 @@ impl Core {
         self.lock().ring.has_new()
     }
 
-    /// Reads every new ring entry; runs a lone READ/WRITE here when the LU
-    /// is at iodepth 1 (see [`Load`]), hands the rest to the pool, whose
-    /// workers send the results back through `back`.
-    ///
-    /// `ack_late`: the uio wake-up count is consumed after the entries are
-    /// read and answered, not before, so that system call is off the
-    /// command's path; returns whether entries came meanwhile (serve again:
-    /// the fd will not say so). No wake-up is lost: an entry queued before
-    /// the count was read is seen by the `has_new` after it (the kernel
-    /// moves `cmd_head` before it counts the wake-up), one queued after
-    /// makes the fd readable again. Only for an LU with one view: with
-    /// several, the order epoll reports their fds is the order a TMR on one
-    /// and a later command on another are read in (see the module doc),
-    /// and a view served again would jump that queue.
-    fn serve(
-        self: &Arc<Self>,
-        ends: &Ends<'_>,
-        batch: &mut Vec<InFlightCmd>,
-        load: &mut Load,
-        mut aio: Option<&mut Aio>,
-        ack_late: bool,
-    ) -> bool {
-        let (pool, back) = (ends.pool, ends.back);
-        if !ack_late {
-            self.ack_wakeup();
-        }
-        let on_uring = aio.as_ref().map_or(0, |a| a.ring.outstanding());
-        let alone = {
-            let mut st = self.lock();
-            self.drain(&mut st, pool, batch);
-            load.inline_ok(on_uring)
-                && batch.len() == 1
-                && st.ring.in_flight() == 1
-                && runs_inline(batch[0].cdb())
-        };
-        if alone && let Some(mut cmd) = batch.pop() {
-            let rsp = execute(&self.view, &mut cmd);
-            let mut st = self.lock();
-            // Entries that came while it ran: the initiator keeps more than
-            // one command outstanding, so stop running them one by one here.
-            self.drain(&mut st, pool, batch);
-            self.complete_locked(&mut st, std::iter::once((cmd, rsp)));
-            if !batch.is_empty() {
-                load.arrived_during_inline();
-            }
-        }
-        for cmd in batch.drain(..) {
-            let cmd = match aio.as_deref_mut() {
-                Some(a) if runs_inline(cmd.cdb()) && !cmd.is_aborted() => {
-                    match a.start(self, cmd) {
-                        Some(cmd) => cmd,
-                        None => {
-                            load.handed_off();
-                            continue;
-                        }
-                    }
-                }
-                _ => cmd,
-            };
-            let (core, back) = (self.clone(), back.clone());
-            let job: Job = Box::new(move || {
-                let mut cmd = cmd;
-                let rsp = execute(&core.view, &mut cmd);
-                back.send(core, cmd, rsp);
-            });
-            match pool.submit(job) {
-                Ok(()) => load.handed_to_pool(),
-                Err(_) => {
-                    error!(device = %self.name, "worker pool is gone; command left unanswered");
-                }
-            }
-        }
-        if let Some(a) = aio {
-            a.submit(&self.name);
-        }
-        ack_late && {
-            self.ack_wakeup();
-            self.has_new()
-        }
-    }
-
-    /// Moves every new command of the ring into `batch` and acts on TMRs.
-    fn drain(&self, st: &mut RingState, pool: &Pool, batch: &mut Vec<InFlightCmd>) {
+    /// Gives every new command of the ring to `take` and acts on TMRs.
+    fn drain(&self, st: &mut RingState, pool: &Pool, mut take: impl FnMut(InFlightCmd)) {
         let mut n = 0usize;
         while let Some(ev) = st.ring.poll() {
             n += 1;
             match ev {
-                Ok(RingEvent::Command(cmd)) => batch.push(cmd),
+                Ok(RingEvent::Command(cmd)) => take(cmd),
                 Ok(RingEvent::Tmr(tmr)) => {
                     if let Some(job) = self.on_tmr(&tmr)
                         && pool.submit(job).is_err()
@@ -593,25 +520,154 @@ struct Ends<'a> {
     stopping: &'a AtomicBool,
 }
 
-/// The LU thread: serves a view's ring when it joins (entries may be
-/// waiting) and after every wake-up of its fd, in the order epoll reports
-/// them, and completes what the workers send back. While the daemon is
-/// stopping, new entries stay in the ring (the next start resets it: BUSY,
-/// retried). Told to stop, it still completes the commands at the pool
-/// before it exits.
+/// Most passes over an LU's views in one read (see the module doc): only a
+/// flood of TMR entries, which free their ring space at once, needs more.
+const MAX_PASSES: usize = 16;
+
+/// What one round of the LU thread reads and hands out; kept from round to
+/// round for its allocations.
+#[derive(Default)]
+struct Round {
+    /// The LU's views as `members` held them when the round began (emptied
+    /// when it ends: a view that left is not kept alive here).
+    cores: Vec<(Token, Arc<Core>)>,
+    /// Per view: its uio wake-up count is to be read once the round is
+    /// done (its fd was reported, or entries of it were read).
+    touched: Vec<bool>,
+    /// The commands read, each with its view's index in `cores`.
+    batch: Vec<(usize, InFlightCmd)>,
+}
+
+impl Round {
+    /// Starts a round over the LU's views; `ready` (drained): the views
+    /// reported or joined since the last one.
+    fn begin(&mut self, shared: &Shared, ready: &mut Vec<Token>) {
+        self.cores.clear();
+        self.cores
+            .extend(lock(&shared.members).iter().map(|(t, c)| (*t, c.clone())));
+        self.touched.clear();
+        self.touched.resize(self.cores.len(), false);
+        for t in ready.drain(..) {
+            if let Some(i) = self.cores.iter().position(|(c, _)| *c == t) {
+                self.touched[i] = true;
+            }
+        }
+    }
+
+    /// Reads every view's new entries into `batch`, pass after pass until
+    /// one finds none (at most [`MAX_PASSES`]), acting on TMRs as they come:
+    /// a TMR published before a command read here is acted on before that
+    /// command runs, whichever views they are on (the module doc).
+    fn read_all(&mut self, pool: &Pool) {
+        for _ in 0..MAX_PASSES {
+            let mut any = false;
+            for (i, (_, core)) in self.cores.iter().enumerate() {
+                let mut st = core.lock();
+                if !st.ring.has_new() {
+                    continue;
+                }
+                let batch = &mut self.batch;
+                core.drain(&mut st, pool, |cmd| batch.push((i, cmd)));
+                self.touched[i] = true;
+                any = true;
+            }
+            // One view: nothing to order it against.
+            if !any || self.cores.len() == 1 {
+                return;
+            }
+        }
+    }
+}
+
+/// Serves one round of the LU: reads every view's new entries, runs a lone
+/// READ/WRITE here when the LU is at iodepth 1 (see [`Load`]), starts the
+/// other READs/WRITEs on the io_uring and hands the rest to the pool, whose
+/// workers send the results back.
 ///
-/// With a poll time ([`ThreadOpts::poll`]), the thread of an LU with one
-/// view, once it has nothing outstanding, watches the ring's head for up
-/// to that long before it sleeps: an initiator at iodepth 1 sends its next command soon after the
-/// last completion, and seeing it in the mapping saves the uio wake-up and
-/// the switch to this thread (see BENCHMARKS.md). It never polls while I/O
-/// is outstanding (its completion wakes the thread) nor after the budget.
+/// The uio wake-up counts are read after that, not before, so those system
+/// calls are off the commands' path; returns whether entries came meanwhile
+/// (serve again: the fds will not say so). No wake-up is lost: an entry
+/// queued before a count was read is seen by the `has_new` after it (the
+/// kernel moves `cmd_head` before it counts the wake-up), one queued after
+/// makes the fd readable again.
+fn serve(ends: &Ends<'_>, r: &mut Round, load: &mut Load, mut aio: Option<&mut Aio>) -> bool {
+    let (pool, back) = (ends.pool, ends.back);
+    let on_uring = aio.as_ref().map_or(0, |a| a.ring.outstanding());
+    r.read_all(pool);
+    let alone = load.inline_ok(on_uring)
+        && r.batch.len() == 1
+        && runs_inline(r.batch[0].1.cdb())
+        && r.cores.iter().map(|(_, c)| c.in_flight()).sum::<usize>() == 1;
+    if alone && let Some((i, mut cmd)) = r.batch.pop() {
+        let core = r.cores[i].1.clone();
+        let rsp = execute(&core.view, &mut cmd);
+        // Entries that came while it ran: the initiator keeps more than
+        // one command outstanding, so stop running them one by one here.
+        r.read_all(pool);
+        core.complete(std::iter::once((cmd, rsp)));
+        if !r.batch.is_empty() {
+            load.arrived_during_inline();
+        }
+    }
+    for (i, cmd) in r.batch.drain(..) {
+        let core = &r.cores[i].1;
+        let cmd = match aio.as_deref_mut() {
+            Some(a) if runs_inline(cmd.cdb()) && !cmd.is_aborted() => match a.start(core, cmd) {
+                Some(cmd) => cmd,
+                None => {
+                    load.handed_off();
+                    continue;
+                }
+            },
+            _ => cmd,
+        };
+        let (c, back) = (core.clone(), back.clone());
+        let job: Job = Box::new(move || {
+            let mut cmd = cmd;
+            let rsp = execute(&c.view, &mut cmd);
+            back.send(c, cmd, rsp);
+        });
+        match pool.submit(job) {
+            Ok(()) => load.handed_to_pool(),
+            Err(_) => {
+                error!(device = %core.name, "worker pool is gone; command left unanswered");
+            }
+        }
+    }
+    if let Some(a) = aio {
+        a.submit(ends.lu);
+    }
+    for ((_, core), touched) in r.cores.iter().zip(&r.touched) {
+        if *touched {
+            core.ack_wakeup();
+        }
+    }
+    let again = r.cores.iter().any(|(_, c)| c.has_new());
+    r.cores.clear();
+    again
+}
+
+/// The LU thread: serves a view's ring when it joins (entries may be
+/// waiting) and after every wake-up of a view's fd, all the LU's views in
+/// one round (see [`serve`]), and completes what the workers send back.
+/// While the daemon is stopping, new entries stay in the ring (the next
+/// start resets it: BUSY, retried). Told to stop, it still completes the
+/// commands at the pool before it exits.
+///
+/// With a poll time ([`ThreadOpts::poll`]), the thread, once nothing of its
+/// LU is outstanding, watches the heads of its views' rings for up to that
+/// long before it sleeps: an initiator at iodepth 1 sends its next command
+/// soon after the last completion, and seeing it in the mapping saves the
+/// uio wake-up and the switch to this thread (see BENCHMARKS.md). It never
+/// polls while I/O is outstanding (its completion wakes the thread) nor
+/// after the budget.
 fn lu_thread(mut poll: Poll, ends: &Ends<'_>, mut aio: Option<Aio>, poll_for: Duration) {
     let mut events = Events::with_capacity(16);
     let mut ready: Vec<Token> = Vec::with_capacity(16);
-    // Views with entries that came after their wake-up count was read.
-    let mut again: Vec<Token> = Vec::new();
-    let mut batch = Vec::with_capacity(64);
+    // Entries came after the wake-up counts were read: serve again.
+    let mut again = false;
+    let mut round = Round::default();
+    let mut watched: Vec<(Token, Arc<Core>, HeadWatch)> = Vec::new();
     let mut returned: Vec<Returned> = Vec::with_capacity(64);
     let mut load = Load::default();
     loop {
@@ -622,27 +678,19 @@ fn lu_thread(mut poll: Poll, ends: &Ends<'_>, mut aio: Option<Aio>, poll_for: Du
         // data out) run.
         if reading {
             ready.append(&mut lock(&ends.shared.joined));
-            ready.append(&mut again);
             ready.extend(
                 events
                     .iter()
                     .map(|e| e.token())
                     .filter(|t| *t != WAKE && *t != URING),
             );
-            for token in ready.drain(..) {
-                let (core, alone) = {
-                    let members = lock(&ends.shared.members);
-                    (members.get(&token).cloned(), members.len() == 1)
-                };
-                if let Some(core) = core
-                    && core.serve(ends, &mut batch, &mut load, aio.as_mut(), alone)
-                    && !again.contains(&token)
-                {
-                    again.push(token);
-                }
+            if again || !ready.is_empty() {
+                round.begin(ends.shared, &mut ready);
+                again = serve(ends, &mut round, &mut load, aio.as_mut());
             }
         } else {
-            again.clear();
+            again = false;
+            ready.clear();
         }
         events.clear();
         ends.back.take_all(ends.done, &mut returned);
@@ -664,14 +712,14 @@ fn lu_thread(mut poll: Poll, ends: &Ends<'_>, mut aio: Option<Aio>, poll_for: Du
                 timeout = Some(Duration::from_millis(10));
             }
         }
-        if !again.is_empty() {
+        if again {
             timeout = Some(Duration::ZERO);
         } else if reading
             && timeout.is_none()
             && !poll_for.is_zero()
             && load.at_pool == 0
             && on_uring == 0
-            && watch(ends, poll_for, &mut ready)
+            && watch(ends, poll_for, &mut watched, &mut ready)
         {
             continue;
         }
@@ -686,31 +734,30 @@ fn lu_thread(mut poll: Poll, ends: &Ends<'_>, mut aio: Option<Aio>, poll_for: Du
     }
 }
 
-/// Watches, for up to `budget`, the head of the LU's ring, the workers'
+/// Watches, for up to `budget`, the heads of the LU's rings, the workers'
 /// returns and the thread's own signals (a view joined, stop), without a
-/// system call. Returns whether one came; the view, if it has new entries,
-/// is in `ready`. Only for an LU with one view: with several, reading
-/// their heads here would lose the order epoll gives (see `Core::serve`),
-/// so it returns false at once.
-fn watch(ends: &Ends<'_>, budget: Duration, ready: &mut Vec<Token>) -> bool {
-    let Some((token, core)) = ({
-        let members = lock(&ends.shared.members);
-        let mut it = members.iter();
-        match (it.next(), it.next()) {
-            (Some((t, c)), None) => Some((*t, c.clone())),
-            _ => None,
-        }
-    }) else {
-        return false;
-    };
-    // No lock while spinning: the event loop (status, removal) and the
-    // workers share the ring's, and only this thread reads the ring.
-    let head = core.lock().ring.head_watch();
+/// system call. Returns whether one came; the views with new entries are in
+/// `ready`. `heads`: scratch space, left empty.
+fn watch(
+    ends: &Ends<'_>,
+    budget: Duration,
+    heads: &mut Vec<(Token, Arc<Core>, HeadWatch)>,
+    ready: &mut Vec<Token>,
+) -> bool {
+    // The ring locks are taken under the members' one, as `LuThread::drop`
+    // does; none is held while spinning: the event loop (status, removal)
+    // and the workers share them, and only this thread reads the rings.
+    heads.extend(lock(&ends.shared.members).iter().map(|(t, c)| {
+        let h = c.lock().ring.head_watch();
+        (*t, c.clone(), h)
+    }));
     let deadline = Instant::now() + budget;
-    loop {
-        if head.moved() {
-            core.polled.fetch_add(1, Ordering::Relaxed);
-            ready.push(token);
+    let came = loop {
+        for (token, core, head) in heads.iter() {
+            if head.moved() {
+                core.polled.fetch_add(1, Ordering::Relaxed);
+                ready.push(*token);
+            }
         }
         if !ready.is_empty()
             || !ends.done.is_empty()
@@ -718,13 +765,15 @@ fn watch(ends: &Ends<'_>, budget: Duration, ready: &mut Vec<Token>) -> bool {
             || ends.stopping.load(Ordering::Acquire)
             || ends.shared.joined.try_lock().is_ok_and(|j| !j.is_empty())
         {
-            return true;
+            break true;
         }
         if Instant::now() >= deadline {
-            return false;
+            break false;
         }
         std::hint::spin_loop();
-    }
+    };
+    heads.clear();
+    came
 }
 
 /// Completes returned commands, one batch (one tail update, one uio write)
@@ -1489,6 +1538,41 @@ mod tests {
         drop(t);
     }
 
+    /// The TMR entry is in A's ring before the initiator goes on to B, but
+    /// A's wake-up has not come yet (here: never comes) when B's does: the
+    /// thread reads every view before it runs B's command, so that command
+    /// still sees the reset. Reading only the views whose fd was reported
+    /// would run it first.
+    #[test]
+    fn a_reset_whose_wake_up_is_late_is_still_seen_by_the_next_command_on_another_view() {
+        let (mut sides, _dir) = lu_with_views(2);
+        let pool = Arc::new(Pool::new(2, "t-pool").unwrap());
+        let t = serve(&sides, &pool, false);
+        let (a, b) = sides.split_at_mut(1);
+        let (a, b) = (&mut a[0], &mut b[0]);
+        let tur = [0u8; 6];
+        for round in 0..20 {
+            a.sim
+                .submit_tmr(u8::try_from(tcmu_sys::TCMU_TMR_LUN_RESET).unwrap(), &[])
+                .unwrap();
+            let id = b.submit(&tur, Dir::None);
+            let c = &b.wait_for(&[id])[0];
+            assert_eq!(
+                (c.status, c.sense.get(12), c.sense.get(13)),
+                (
+                    scsi::sense::status::CHECK_CONDITION,
+                    Some(&0x29),
+                    Some(&0x03)
+                ),
+                "round {round}: {:02x?}",
+                c.sense
+            );
+            let id = b.submit(&tur, Dir::None);
+            assert_eq!(b.wait_for(&[id])[0].status, 0, "round {round}");
+        }
+        drop(t);
+    }
+
     #[test]
     fn removal_is_announced_when_the_last_command_completes() {
         let (mut sides, _dir) = lu_with_views(1);
@@ -1572,17 +1656,20 @@ mod tests {
     /// once one whose wake-up is withheld; counts those completed within
     /// 200 ms without it (a late one is woken, so the next round starts
     /// clean).
-    fn served_without_wake_up(poll: Duration, rounds: usize) -> usize {
-        let (mut sides, _dir) = lu_with_views(1);
+    fn served_without_wake_up(poll: Duration, rounds: usize, views: u64) -> usize {
+        let (mut sides, _dir) = lu_with_views(views);
         let pool = Arc::new(Pool::new(1, "t-pool").unwrap());
         let opts = ThreadOpts { uring: true, poll };
         let t = serve_with(&sides, &pool, false, opts);
-        let s = &mut sides[0];
+        let last = sides.len() - 1;
         let mut served = 0;
         for _ in 0..rounds {
-            let id = s.submit(&read10(0, 1), Dir::FromDevice(512));
-            s.wait_for(&[id]);
-            // No irq write: only a thread watching the ring can see it.
+            let id = sides[0].submit(&read10(0, 1), Dir::FromDevice(512));
+            sides[0].wait_for(&[id]);
+            // The next one on the last view (the same one if there is one
+            // view), and no irq write: only a thread watching the ring can
+            // see it.
+            let s = &mut sides[last];
             let quiet = s.sim.submit(&read10(1, 1), Dir::FromDevice(512)).unwrap();
             let deadline = Instant::now() + Duration::from_millis(200);
             while !s.completed().contains(&quiet) && Instant::now() < deadline {
@@ -1606,10 +1693,20 @@ mod tests {
         // The thread watches for 10 ms after each command; the test's
         // next entry comes well within that unless this machine stalls,
         // so most rounds, and surely one of 20, are served unwoken.
-        let served = served_without_wake_up(Duration::from_millis(10), 20);
+        let served = served_without_wake_up(Duration::from_millis(10), 20, 1);
         assert!(served > 0, "none of 20 served without its wake-up");
         // Without polling the thread sleeps until the fd says so.
-        assert_eq!(served_without_wake_up(Duration::ZERO, 3), 0);
+        assert_eq!(served_without_wake_up(Duration::ZERO, 3, 1), 0);
+    }
+
+    /// An LU with several views (one per initiator, or multipath) is
+    /// watched too: every view's ring, here the one that did not just
+    /// complete a command.
+    #[test]
+    fn a_polling_thread_watches_every_view_of_its_lu() {
+        let served = served_without_wake_up(Duration::from_millis(10), 20, 2);
+        assert!(served > 0, "none of 20 served without its wake-up");
+        assert_eq!(served_without_wake_up(Duration::ZERO, 3, 2), 0);
     }
 
     #[test]

@@ -51,7 +51,7 @@ pub mod uring;
 pub use cmd::{InFlightCmd, Response};
 pub use entry::{EntryError, TmrEvent, TmrType, cdb_len};
 pub use mapping::{Doorbell, Flags, HeapRegion, Mapping, Region, StartState, UioFd};
-pub use queue::{Event, Ring};
+pub use queue::{Event, HeadWatch, Ring};
 
 /// SAM status codes the ring itself produces.
 pub mod status {
