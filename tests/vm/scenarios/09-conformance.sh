@@ -6,9 +6,13 @@ need_targetcli
 TESTS="${CONFORMANCE_TESTS:-SCSI.*}"
 
 # tcmu-prd: one LU, one view per initiator (the PR and Reserve6 suites need two).
+# With poll_us, so that the whole family (MultipathIO.Reset included) runs
+# through a thread that watches several views' rings; the other scenarios
+# run without it.
 img=$SCRATCH/conf.img
 truncate -s 128M "$img"
-daemon_start d1
+printf '[daemon]\npoll_us = 2000\n' > "$ART/d1.toml"
+daemon_start d1 --config "$ART/d1.toml"
 T=iqn.2003-01.org.linux-iscsi.vm:conf
 iscsi_target $T
 "$TCMU_PRD" export --lu conf --image "$img" iscsi --target $T --initiator $INI1 --initiator $INI2 | tee "$ART/export.txt"
@@ -38,6 +42,14 @@ libiscsi_suite "$ART/prd-ro.txt" "SCSI.ReadOnly.*" iscsi://127.0.0.1/$TRO/0 -I $
 overlay() {  # overlay RESULTS < TESTS
   awk 'FNR==NR { if ($2 != "SKIPPED") r[$1] = $2; next } ($1 in r) && $2 == "SKIPPED" { $2 = r[$1] } { print }' "$1" -
 }
+"$TCMU_PRD" status --json > "$ART/status.json"
+read -r nviews polled < <(python3 -c '
+import json, sys
+lu = [l for l in json.load(open(sys.argv[1]))["lus"] if l["image"].endswith("/conf.img")][0]
+print(len(lu["views"]), sum(v["polled"] for v in lu["views"]))' "$ART/status.json")
+say "LU conf: $nviews views, $polled commands found by watching their rings"
+check "the LU has several views" test "$nviews" -ge 2
+check "its thread found commands by watching several views" test "$polled" -gt 0
 overlay "$ART/prd-ro.txt.tests" < "$ART/prd.txt.tests" | overlay "$ART/prd-mpio.txt.tests" > "$ART/prd-all.tests"
 
 # LIO's in-kernel fileio, same boot, same initiators.
