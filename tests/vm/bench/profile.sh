@@ -2,6 +2,7 @@
 #   tests/vm/run tests/vm/bench/profile.sh     (FIO_RUNTIME=seconds per job, default 5)
 # To look at a few jobs only: PROFILE_JOBS="randread 4k 32 1,randread 4k 1 1" (rw bs iodepth numjobs, comma-separated), PROFILE_REPS=5 (default 3).
 # Another variant: PROFILE_VARIANT="worker_threads = 8".
+# PROFILE_VIEWS=2: every tcmu-prd LU gets a second view, idle (another backstore on the same image, on its own tcm_loop port): the path of an LU exported to several initiators.
 # Guest perf (cpu-clock) is useless under TCG: 99 % of the samples land in the idle loop (BENCHMARKS.md), so it is not run here.
 . "$VM_LIB"
 . "$ROOT/tests/vm/bench/lib.sh"
@@ -38,9 +39,18 @@ declare -A hex=([b]=b [n]=e [v]=f [o]=d)
 user() {  # LABEL HBA [CFGSTRING OPTIONS]
   dev[$1]=$(bench_user "$2" "$1" "${hex[$1]}" $SIZE "${3:-}")
 }
+VIEWS="${PROFILE_VIEWS:-1}"
+second_view() {  # LABEL HBA [CFGSTRING OPTIONS]
+  tcmu_create "$2" "${1}2" "dev_config=dlmfile/$SCRATCH/$1.img${3:-},dev_size=$SIZE,hw_max_sectors=8192" pgr_support=0
+  bench_lun "naa.5001405000001${hex[$1]}01" "naa.5001405000001${hex[$1]}02" "$TARGET/core/user_$2/${1}2" >/dev/null
+}
 user b 1; user n 1 ";direct=0"; user v 2
 [ -x "$OLD" ] && user o 3
-wait_for 60 "views resolved" bash -c "[ \$(cat $ART/*.log | grep -c 'serves one I_T nexus') -ge $(( $(echo $LABELS | wc -w) - 2 )) ]"
+if [ "$VIEWS" -ge 2 ]; then
+  second_view b 1; second_view n 1 ";direct=0"; second_view v 2
+  [ -x "$OLD" ] && second_view o 3
+fi
+wait_for 60 "views resolved" bash -c "[ \$(cat $ART/*.log | grep -c 'serves one I_T nexus') -ge $(( ($(echo $LABELS | wc -w) - 2) * VIEWS )) ]"
 for l in $LABELS; do say "($l) ${dev[$l]}"; done
 
 IFS=, read -ra jobs <<< "$JOBS"
