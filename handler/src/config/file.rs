@@ -83,7 +83,9 @@ pub struct Daemon {
     /// It lowers the
     /// latency of an initiator at iodepth 1 (no uio wake-up and thread
     /// switch per command) at the price of a busy CPU for up to that long
-    /// after each command. Default `0`: sleep at once.
+    /// after each command. A watch that runs out stops the watching until
+    /// a command comes within that long of the thread going idle. Default
+    /// `0`: sleep at once.
     pub poll_us: PollUs,
     /// `log_level`: a `tracing` filter directive such as `"info"` or
     /// `"tcmu_prd::netlink=debug,info"`; `RUST_LOG` overrides it. Default

@@ -647,6 +647,62 @@ fn serve(ends: &Ends<'_>, r: &mut Round, load: &mut Load, mut aio: Option<&mut A
     again
 }
 
+/// When the idle LU thread watches its rings (`poll_us`): only while that
+/// pays. A watch that runs out its budget disarms it (the initiator has
+/// more than one command outstanding, or paused); a command that arrives
+/// within the budget of the thread going idle re-arms it, a watch would
+/// have seen that one. So an LU that sees a command now and then (a path
+/// checker's TEST UNIT READY) costs one budget, not one per command.
+#[derive(Debug)]
+struct Poller {
+    budget: Duration,
+    armed: bool,
+    /// When the thread, disarmed, went idle (nothing outstanding).
+    idle_since: Option<Instant>,
+}
+
+impl Poller {
+    fn new(budget: Duration) -> Self {
+        Poller {
+            budget,
+            armed: !budget.is_zero(),
+            idle_since: None,
+        }
+    }
+
+    /// The thread is about to sleep with nothing outstanding; returns the
+    /// time it went idle if it is to watch first.
+    fn idle(&mut self) -> Option<Instant> {
+        if self.armed {
+            return Some(Instant::now());
+        }
+        if !self.budget.is_zero() && self.idle_since.is_none() {
+            self.idle_since = Some(Instant::now());
+        }
+        None
+    }
+
+    /// The watch begun at `since` ran out its budget.
+    fn missed(&mut self, since: Instant) {
+        self.armed = false;
+        self.idle_since = Some(since);
+    }
+
+    /// New entries woke the thread.
+    fn arrived(&mut self) {
+        if let Some(since) = self.idle_since.take()
+            && since.elapsed() <= self.budget
+        {
+            self.armed = true;
+        }
+    }
+
+    /// Work is outstanding: a gap measured across it says nothing.
+    fn busy(&mut self) {
+        self.idle_since = None;
+    }
+}
+
 /// The LU thread: serves a view's ring when it joins (entries may be
 /// waiting) and after every wake-up of a view's fd, all the LU's views in
 /// one round (see [`serve`]), and completes what the workers send back.
@@ -659,8 +715,8 @@ fn serve(ends: &Ends<'_>, r: &mut Round, load: &mut Load, mut aio: Option<&mut A
 /// long before it sleeps: an initiator at iodepth 1 sends its next command
 /// soon after the last completion, and seeing it in the mapping saves the
 /// uio wake-up and the switch to this thread (see BENCHMARKS.md). It never
-/// polls while I/O is outstanding (its completion wakes the thread) nor
-/// after the budget.
+/// polls while I/O is outstanding (its completion wakes the thread), nor
+/// after the budget, nor while watching does not pay (see [`Poller`]).
 fn lu_thread(mut poll: Poll, ends: &Ends<'_>, mut aio: Option<Aio>, poll_for: Duration) {
     let mut events = Events::with_capacity(16);
     let mut ready: Vec<Token> = Vec::with_capacity(16);
@@ -670,6 +726,7 @@ fn lu_thread(mut poll: Poll, ends: &Ends<'_>, mut aio: Option<Aio>, poll_for: Du
     let mut watched: Vec<(Token, Arc<Core>, HeadWatch)> = Vec::new();
     let mut returned: Vec<Returned> = Vec::with_capacity(64);
     let mut load = Load::default();
+    let mut poller = Poller::new(poll_for);
     loop {
         let stop = ends.shared.stop.load(Ordering::Acquire);
         let reading = !stop && !ends.stopping.load(Ordering::Acquire);
@@ -684,6 +741,9 @@ fn lu_thread(mut poll: Poll, ends: &Ends<'_>, mut aio: Option<Aio>, poll_for: Du
                     .map(|e| e.token())
                     .filter(|t| *t != WAKE && *t != URING),
             );
+            if !ready.is_empty() {
+                poller.arrived();
+            }
             if again || !ready.is_empty() {
                 round.begin(ends.shared, &mut ready);
                 again = serve(ends, &mut round, &mut load, aio.as_mut());
@@ -714,14 +774,15 @@ fn lu_thread(mut poll: Poll, ends: &Ends<'_>, mut aio: Option<Aio>, poll_for: Du
         }
         if again {
             timeout = Some(Duration::ZERO);
-        } else if reading
-            && timeout.is_none()
-            && !poll_for.is_zero()
-            && load.at_pool == 0
-            && on_uring == 0
-            && watch(ends, poll_for, &mut watched, &mut ready)
-        {
-            continue;
+        } else if reading && timeout.is_none() && load.at_pool == 0 && on_uring == 0 {
+            if let Some(since) = poller.idle() {
+                if watch(ends, poll_for, &mut watched, &mut ready) {
+                    continue;
+                }
+                poller.missed(since);
+            }
+        } else {
+            poller.busy();
         }
         if let Err(e) = poll.poll(&mut events, timeout) {
             if e.kind() == std::io::ErrorKind::Interrupted {
@@ -1707,6 +1768,80 @@ mod tests {
         let served = served_without_wake_up(Duration::from_millis(10), 20, 2);
         assert!(served > 0, "none of 20 served without its wake-up");
         assert_eq!(served_without_wake_up(Duration::ZERO, 3, 2), 0);
+    }
+
+    #[test]
+    fn a_watch_that_runs_out_disarms_polling_until_a_command_comes_within_the_budget() {
+        let budget = Duration::from_secs(1);
+        let long_ago = Instant::now().checked_sub(Duration::from_secs(5)).unwrap();
+        let mut p = Poller::new(budget);
+        assert!(p.idle().is_some(), "armed at first");
+        p.arrived();
+        assert!(p.idle().is_some(), "a hit keeps it armed");
+        p.missed(long_ago);
+        assert!(p.idle().is_none(), "a miss disarms it");
+        p.arrived();
+        assert!(p.idle().is_none(), "a command long after going idle");
+        p.busy();
+        p.arrived();
+        assert!(p.idle().is_none(), "a gap across outstanding work");
+        // Went idle just now (the last `idle`): the next command is within
+        // the budget, as a watch would have seen it.
+        p.arrived();
+        assert!(p.idle().is_some(), "re-armed");
+        let mut off = Poller::new(Duration::ZERO);
+        assert!(off.idle().is_none());
+        off.arrived();
+        assert!(off.idle().is_none(), "poll_us = 0 never watches");
+    }
+
+    /// Over the thread: after a watch ran out, a command that came late
+    /// does not re-arm it (the next one, unwoken, waits for its wake-up);
+    /// commands sent right after a completion do.
+    #[test]
+    fn a_thread_whose_watch_ran_out_sleeps_until_commands_come_quickly_again() {
+        let (mut sides, _dir) = lu_with_views(1);
+        let pool = Arc::new(Pool::new(1, "t-pool").unwrap());
+        let opts = ThreadOpts {
+            uring: true,
+            poll: Duration::from_millis(20),
+        };
+        let t = serve_with(&sides, &pool, false, opts);
+        let s = &mut sides[0];
+        let id = s.submit(&read10(0, 1), Dir::FromDevice(512));
+        s.wait_for(&[id]);
+        // Far longer than the watch: it runs out.
+        std::thread::sleep(Duration::from_millis(500));
+        let id = s.submit(&read10(0, 1), Dir::FromDevice(512));
+        s.wait_for(&[id]);
+        let polled = s.core.polled();
+        let quiet = s.sim.submit(&read10(1, 1), Dir::FromDevice(512)).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(!s.completed().contains(&quiet), "watched while disarmed");
+        assert_eq!(s.core.polled(), polled);
+        s.irq.write_all(&[0; 4]).unwrap();
+        s.wait_for(&[quiet]);
+        // Each woken command comes right after the last completion (well
+        // within 20 ms unless this machine stalls), so the thread re-arms
+        // and sees the unwoken one after it by watching.
+        let mut served = 0;
+        for _ in 0..20 {
+            let id = s.submit(&read10(0, 1), Dir::FromDevice(512));
+            s.wait_for(&[id]);
+            let quiet = s.sim.submit(&read10(1, 1), Dir::FromDevice(512)).unwrap();
+            let deadline = Instant::now() + Duration::from_millis(200);
+            while !s.completed().contains(&quiet) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            if s.completed().contains(&quiet) {
+                served += 1;
+            } else {
+                s.irq.write_all(&[0; 4]).unwrap();
+            }
+            s.wait_for(&[quiet]);
+        }
+        assert!(served > 0, "never re-armed");
+        drop(t);
     }
 
     #[test]
