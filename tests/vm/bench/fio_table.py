@@ -14,7 +14,8 @@ NAMES = {"a": "LIO fileio (in-kernel)", "b": "tcmu-prd dlmfile", "c": "tcmu-prd,
          "d": "tcmu-prd, cluster mode (DLM)", "i": "LIO iblock (direct-I/O loop device)",
          "w": "tcmu-prd dlmfile, worker_threads = 8",
          "n": "tcmu-prd dlmfile, direct=0 (page cache)",
-         "o": "tcmu-prd dlmfile, the binary before the change",
+         "o": "tcmu-prd dlmfile, the binary before the change"
+         + (", " + os.environ.get("PROFILE_VARIANT", "variant") if os.environ.get("PROFILE_OLD_VARIANT") else ""),
          "v": "tcmu-prd dlmfile, " + os.environ.get("PROFILE_VARIANT", "variant"),
          "q": "LIO fileio, fio pinned to vCPU 1", "p": "tcmu-prd dlmfile, fio pinned to vCPU 1"}
 ORDER = "aiobnvcdwqp"

@@ -2,6 +2,7 @@
 #   tests/vm/run tests/vm/bench/profile.sh     (FIO_RUNTIME=seconds per job, default 5)
 # To look at a few jobs only: PROFILE_JOBS="randread 4k 32 1,randread 4k 1 1" (rw bs iodepth numjobs, comma-separated), PROFILE_REPS=5 (default 3).
 # Another variant: PROFILE_VARIANT="worker_threads = 8".
+# PROFILE_OLD_VARIANT=1: (o) runs with the variant line too (an A/B of a change to what the variant switches on).
 # PROFILE_VIEWS=2: every tcmu-prd LU gets a second view, idle (another backstore on the same image, on its own tcm_loop port): the path of an LU exported to several initiators.
 # Guest perf (cpu-clock) is useless under TCG: 99 % of the samples land in the idle loop (BENCHMARKS.md), so it is not run here.
 . "$VM_LIB"
@@ -31,7 +32,7 @@ dev[i]=$(bench_lun naa.5001405000000c01 naa.5001405000000c02 $TARGET/core/iblock
 conf() {  # NAME HBA [EXTRA DAEMON LINE]
   printf '[daemon]\ndbus = false\n%s\n[devices]\nhbas = [%s]\n[paths]\ncontrol_socket = "/run/tcmu-prd/prof-%s.sock"\n' "${3:-}" "$2" "$1" > "$ART/$1.toml"
 }
-conf cur 1; conf var 2 "$PROFILE_VARIANT"; conf old 3
+conf cur 1; conf var 2 "$PROFILE_VARIANT"; conf old 3 "${PROFILE_OLD_VARIANT:+$PROFILE_VARIANT}"
 TCMU_PRD_LOG=info daemon_start cur --config "$ART/cur.toml"
 TCMU_PRD_LOG=info daemon_start var --config "$ART/var.toml"
 if [ -x "$OLD" ]; then TCMU_PRD="$OLD" TCMU_PRD_LOG=info daemon_start old --config "$ART/old.toml"; fi
