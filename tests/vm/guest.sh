@@ -10,7 +10,6 @@ export VM_LIB="$ROOT/tests/vm/lib.sh"
 export RESULTS
 export TCMU_PRD="$BIN/tcmu-prd"
 export PATH="$BIN:$PATH"
-SCEN_TIMEOUT="${VM_SCENARIO_TIMEOUT:-900}"
 
 # shellcheck source=lib.sh
 . "$VM_LIB"
@@ -18,6 +17,7 @@ SCEN_TIMEOUT="${VM_SCENARIO_TIMEOUT:-900}"
 # Benchmark knobs from the host (tests/vm/run writes them).
 # shellcheck source=/dev/null
 [ ! -f "$RESULTS/bench.env" ] || . "$RESULTS/bench.env"
+SCEN_TIMEOUT="${VM_SCENARIO_TIMEOUT:-900}"
 uname -a > "$RESULTS/guest-uname"
 while read -r script; do
   name=$(basename "$script" .sh)
