@@ -259,14 +259,28 @@ check_libiscsi() {
   [ "$p" -ge 20 ] || fail "$d: only $p tests passed"
 }
 
-# need_scratch: an ext4 file system at /mnt/scratch for images. The guest's
+# need_scratch: an ext4 file system at /srv/scratch for images. The guest's
 # writable places are tmpfs overlays, which refuse O_DIRECT (our default for
-# shared images); ext4 on a loop device is what a real node would have.
+# shared images); ext4 on a loop device is what a real node would have. With
+# SCRATCH_DISK (tests/vm/run's VM_SCRATCH_DISK) it is on the guest's one
+# virtio-blk disk instead: QEMU does that disk's I/O on the host, as a real
+# disk's DMA, where the loop device copies every O_DIRECT block through the
+# tmpfs page cache with the (emulated) guest CPU.
 SCRATCH=/srv/scratch
 need_scratch() {
   mountpoint -q $SCRATCH && return 0
-  modprobe loop
   mkdir -p $SCRATCH
+  if [ -n "${SCRATCH_DISK:-}" ]; then
+    local dev
+    modprobe virtio_blk 2>/dev/null || true
+    dev=$(ls -d /sys/block/vd* 2>/dev/null || true)
+    [ "$(echo "$dev" | wc -w)" -eq 1 ] || fail "SCRATCH_DISK: want one virtio-blk disk, found '$dev'"
+    dev=/dev/$(basename "$dev")
+    mkfs.ext4 -q -F "$dev"
+    mount "$dev" $SCRATCH
+    return 0
+  fi
+  modprobe loop
   truncate -s "${SCRATCH_SIZE:-768M}" /tmp/scratch.ext4
   mkfs.ext4 -q -F /tmp/scratch.ext4
   mount -o loop /tmp/scratch.ext4 $SCRATCH

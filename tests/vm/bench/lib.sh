@@ -8,7 +8,8 @@ bench_scratch() {
   # The file system's file lives in the guest's tmpfs (half its RAM). Known
   # gap: even after this trim, fio.sh after profile.sh in one boot fails
   # writing its images with EIO, so run one bench per boot.
-  fstrim "$SCRATCH"
+  [ -n "${SCRATCH_DISK:-}" ] || fstrim "$SCRATCH"
+  say "scratch file system on $(findmnt -no SOURCE "$SCRATCH")"
 }
 
 # bench_images SIZE LABEL...: $SCRATCH/LABEL.img of SIZE bytes, every block
