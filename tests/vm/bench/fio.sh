@@ -1,6 +1,7 @@
-# Benchmark (not part of the default VM run): fio through tcm_loop in ONE boot against (a) LIO in-kernel fileio, (b) tcmu-prd dlmfile, (c) tcmu-prd with WERO and 100 registrants, (d) tcmu-prd in cluster mode on the real DLM; each job runs on the four backstores in turn and is repeated (so drift in the emulator hits every row alike); prints a table of the medians with each tcmu-prd row's ratio to (a)
+# Benchmark (not part of the default VM run): fio through tcm_loop in ONE boot against (a) LIO in-kernel fileio, (b) tcmu-prd dlmfile, (c) tcmu-prd with WERO and 100 registrants, (d) tcmu-prd in cluster mode on the real DLM; each job runs on the four backstores in turn (every other repeat in reverse order) and is repeated (so drift in the emulator hits every row alike); prints a table of the medians with each tcmu-prd row's ratio to (a)
 #   tests/vm/run tests/vm/bench/fio.sh        (FIO_RUNTIME=seconds per job, default 5; FIO_REPS=repeats, default 2)
 # FIO_DAEMON="poll_us = 2000": one more [daemon] line for both tcmu-prd daemons.
+# FIO_JOBS="rw bs iodepth numjobs,...": only these jobs (default: issue 7's twelve).
 . "$VM_LIB"
 . "$ROOT/tests/vm/bench/lib.sh"
 need_target
@@ -28,18 +29,24 @@ wait_for 60 "views resolved" bash -c "[ \$(cat $ART/local.log $ART/cluster.log |
 for l in $LABELS; do say "($l) ${dev[$l]}"; done
 python3 "$ROOT/tests/vm/bench/pr_fill.py" "${dev[c]}" 100
 
-for w in "randread 4k 1" "randread 4k 32" "randwrite 4k 1" "randwrite 4k 32" "read 128k 32" "write 128k 32"; do
+IFS=, read -ra jobs <<< "${FIO_JOBS:-randread 4k 1 1,randread 4k 1 4,randread 4k 32 1,randread 4k 32 4,randwrite 4k 1 1,randwrite 4k 1 4,randwrite 4k 32 1,randwrite 4k 32 4,read 128k 32 1,read 128k 32 4,write 128k 32 1,write 128k 32 4}"
+for w in "${jobs[@]}"; do
   set -- $w
-  for nj in 1 4; do
-    for r in $(seq 1 "$REPS"); do
-      for l in $LABELS; do
-        fio --name="$l" --filename="${dev[$l]}" --rw="$1" --bs="$2" --iodepth="$3" --numjobs="$nj" \
-          --direct=1 --ioengine=libaio --time_based --runtime="$RT" --ramp_time=1 --group_reporting \
-          --output-format=json --output="$ART/fio-$l-$1-$2-qd$3-nj$nj-r$r.json" >/dev/null
-      done
+  for r in $(seq 1 "$REPS"); do
+    # Every other repeat in reverse order, so no backstore always runs
+    # right after the same other one.
+    order=$LABELS
+    [ $((r % 2)) -eq 1 ] || order=$(echo $LABELS | tr ' ' '\n' | tac | tr '\n' ' ')
+    for l in $order; do
+      fio --name="$l" --filename="${dev[$l]}" --rw="$1" --bs="$2" --iodepth="$3" --numjobs="$4" \
+        --direct=1 --ioengine=libaio --time_based --runtime="$RT" --ramp_time=1 --group_reporting \
+        --output-format=json --output="$ART/fio-$l-$1-$2-qd$3-nj$4-r$r.json" >/dev/null
     done
   done
 done
+# Which path served the commands (IO_URING, POLLED per view).
+"$TCMU_PRD" status --socket /run/tcmu-prd/bench-l.sock > "$ART/status-local.txt"
+"$TCMU_PRD" status --socket /run/tcmu-prd/bench-c.sock > "$ART/status-cluster.txt"
 check "the reservation held during (c)" bash -c "sg_persist -n --in --read-reservation ${dev[c]} | grep -qi 'registrants only'"
 check "(c) has the 100 registrants" bash -c "sg_persist -n --in --read-keys ${dev[c]} | grep -c '0xbe7c' | grep -qx 100"
 python3 "$ROOT/tests/vm/bench/fio_table.py" "$ART" | tee "$ART/table.md"
