@@ -1,29 +1,34 @@
-# Benchmark (not part of the default VM run): what one I/O costs in events, counted exactly (perf stat counts tracepoints and software events; unlike sampling, counting is exact under TCG): system calls and context switches of the daemon's threads, and context switches, wake-ups and rescheduling/function-call IPIs of the whole guest, per I/O, for (a) LIO fileio, (o) the binary at target/bench-old/tcmu-prd (built by tests/vm/bench/build-old REV; skipped if absent) and (b) this build
+# Benchmark (not part of the default VM run): what one I/O costs in events, counted exactly (perf stat counts tracepoints and software events; unlike sampling, counting is exact under TCG): system calls and context switches of the daemon's threads, and context switches, wake-ups and rescheduling/function-call IPIs of the whole guest, per I/O, for (a) LIO fileio, (o) the binary at target/bench-old/tcmu-prd (built by tests/vm/bench/build-old REV; skipped if absent), (b) this build and (d) this build in cluster mode on the real DLM; plus the daemon's CPU time (task-clock) per I/O, which TCG scales but alike for every row of a boot
 #   tests/vm/run tests/vm/bench/counts.sh     (FIO_RUNTIME=seconds per job, default 5)
 . "$VM_LIB"
 . "$ROOT/tests/vm/bench/lib.sh"
 need_target
+need_dlm
 bench_scratch
 command -v perf >/dev/null || die "perf is not installed (scripts/setup installs linux-perf)"
 RT="${FIO_RUNTIME:-5}"
 SIZE=$((160 << 20))
 OLD="$ROOT/target/bench-old/tcmu-prd"
-LABELS="a b"
-[ -x "$OLD" ] && LABELS="a o b"
+LABELS="a b d"
+[ -x "$OLD" ] && LABELS="a o b d"
 bench_images $SIZE $LABELS
 declare -A dev pid
 dev[a]=$(bench_fileio $SIZE)
-conf() {  # NAME HBA
-  printf '[daemon]\ndbus = false\n[devices]\nhbas = [%s]\n[paths]\ncontrol_socket = "/run/tcmu-prd/cnt-%s.sock"\n' "$2" "$1" > "$ART/$1.toml"
+conf() {  # NAME HBA [EXTRA]
+  printf '[daemon]\ndbus = false\n[devices]\nhbas = [%s]\n%b\n[paths]\ncontrol_socket = "/run/tcmu-prd/cnt-%s.sock"\n' "$2" "${3:-}" "$1" > "$ART/$1.toml"
 }
-conf cur 1; conf old 3
+conf cur 1; conf old 3; conf clu 2 '[cluster]\nmode = "dlm"'
 TCMU_PRD_LOG=info daemon_start cur --config "$ART/cur.toml"
 pid[b]=$(cat "$ART/cur.pid")
 dev[b]=$(bench_user 1 b b $SIZE)
+TCMU_PRD_LOG=info daemon_start clu --config "$ART/clu.toml"
+wait_for 30 "cluster daemon joined" grep -q 'joined the DLM lockspace' "$ART/clu.log"
+pid[d]=$(cat "$ART/clu.pid")
+dev[d]=$(bench_user 2 d c $SIZE)
 if [ -x "$OLD" ]; then
   TCMU_PRD="$OLD" TCMU_PRD_LOG=info daemon_start old --config "$ART/old.toml"
   pid[o]=$(cat "$ART/old.pid")
-  dev[o]=$(bench_user 3 o d $SIZE)
+  dev[o]=$(bench_user 3 o e $SIZE)
 fi
 wait_for 60 "views resolved" bash -c "[ \$(cat $ART/*.log | grep -c 'serves one I_T nexus') -ge $(( $(echo $LABELS | wc -w) - 1 )) ]"
 for l in $LABELS; do say "($l) ${dev[$l]}"; done
@@ -37,7 +42,7 @@ for w in "randread 4k 1 1" "randread 4k 32 1" "randread 4k 32 4" "randwrite 4k 3
     sp=$!
     dp=
     if [ -n "${pid[$l]:-}" ]; then
-      perf stat -x, -e raw_syscalls:sys_enter,context-switches -p "${pid[$l]}" -o "$ART/daemon-$tag.csv" -- sleep $((RT + 1)) &
+      perf stat -x, -e raw_syscalls:sys_enter,context-switches,task-clock -p "${pid[$l]}" -o "$ART/daemon-$tag.csv" -- sleep $((RT + 1)) &
       dp=$!
     fi
     fio --name="$l" --filename="${dev[$l]}" --rw="$1" --bs="$2" --iodepth="$3" --numjobs="$4" \
@@ -59,9 +64,9 @@ def counts(p):
         except (ValueError, IndexError):
             pass
     return out
-print("| job | backstore | I/Os | daemon syscalls / I/O | daemon ctx switches / I/O | guest ctx switches / I/O | guest wake-ups / I/O | guest IPIs / I/O |")
-print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
-for p in sorted(glob.glob(os.path.join(art, "fio-*.json")), key=lambda p: (os.path.basename(p).split("-", 2)[2], "aob".index(os.path.basename(p)[4]))):
+print("| job | backstore | I/Os | daemon syscalls / I/O | daemon ctx switches / I/O | daemon CPU us / I/O | guest ctx switches / I/O | guest wake-ups / I/O | guest IPIs / I/O |")
+print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+for p in sorted(glob.glob(os.path.join(art, "fio-*.json")), key=lambda p: (os.path.basename(p).split("-", 2)[2], "aobd".index(os.path.basename(p)[4]))):
     tag = os.path.basename(p)[4:-5]
     label, job = tag.split("-", 1)
     j = json.load(open(p))["jobs"][0]
@@ -69,8 +74,11 @@ for p in sorted(glob.glob(os.path.join(art, "fio-*.json")), key=lambda p: (os.pa
     s, d = counts(os.path.join(art, f"sys-{tag}.csv")), counts(os.path.join(art, f"daemon-{tag}.csv"))
     per = lambda v: f"{v / ios:.2f}" if ios and v is not None else "-"
     ipis = sum(s.get(e, 0) for e in ("irq_vectors:reschedule_entry", "irq_vectors:call_function_single_entry", "irq_vectors:call_function_entry"))
-    print(f"| {job} | ({label}) | {ios} | {per(d.get('raw_syscalls:sys_enter'))} | {per(d.get('context-switches'))} | "
+    clock = d.get("task-clock")  # msec
+    cpu = f"{clock * 1000 / ios:.1f}" if ios and clock is not None else "-"
+    print(f"| {job} | ({label}) | {ios} | {per(d.get('raw_syscalls:sys_enter'))} | {per(d.get('context-switches'))} | {cpu} | "
           f"{per(s.get('context-switches'))} | {per(s.get('sched:sched_wakeup'))} | {per(ipis)} |")
 PY
 daemon_stop cur TERM
-[ -x "$OLD" ] && daemon_stop old TERM
+daemon_stop clu TERM
+if [ -x "$OLD" ]; then daemon_stop old TERM; fi
