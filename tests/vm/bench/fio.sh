@@ -29,21 +29,7 @@ wait_for 60 "views resolved" bash -c "[ \$(cat $ART/local.log $ART/cluster.log |
 for l in $LABELS; do say "($l) ${dev[$l]}"; done
 python3 "$ROOT/tests/vm/bench/pr_fill.py" "${dev[c]}" 100
 
-IFS=, read -ra jobs <<< "${FIO_JOBS:-randread 4k 1 1,randread 4k 1 4,randread 4k 32 1,randread 4k 32 4,randwrite 4k 1 1,randwrite 4k 1 4,randwrite 4k 32 1,randwrite 4k 32 4,read 128k 32 1,read 128k 32 4,write 128k 32 1,write 128k 32 4}"
-for w in "${jobs[@]}"; do
-  set -- $w
-  for r in $(seq 1 "$REPS"); do
-    # Every other repeat in reverse order, so no backstore always runs
-    # right after the same other one.
-    order=$LABELS
-    [ $((r % 2)) -eq 1 ] || order=$(echo $LABELS | tr ' ' '\n' | tac | tr '\n' ' ')
-    for l in $order; do
-      fio --name="$l" --filename="${dev[$l]}" --rw="$1" --bs="$2" --iodepth="$3" --numjobs="$4" \
-        --direct=1 --ioengine=libaio --time_based --runtime="$RT" --ramp_time=1 --group_reporting \
-        --output-format=json --output="$ART/fio-$l-$1-$2-qd$3-nj$4-r$r.json" >/dev/null
-    done
-  done
-done
+bench_runs "${FIO_JOBS:-randread 4k 1 1,randread 4k 1 4,randread 4k 32 1,randread 4k 32 4,randwrite 4k 1 1,randwrite 4k 1 4,randwrite 4k 32 1,randwrite 4k 32 4,read 128k 32 1,read 128k 32 4,write 128k 32 1,write 128k 32 4}" "$REPS" "$RT" $LABELS
 # Which path served the commands (IO_URING, POLLED per view).
 "$TCMU_PRD" status --socket /run/tcmu-prd/bench-l.sock > "$ART/status-local.txt"
 "$TCMU_PRD" status --socket /run/tcmu-prd/bench-c.sock > "$ART/status-cluster.txt"

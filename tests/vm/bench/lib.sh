@@ -45,3 +45,27 @@ bench_user() {
   tcmu_create "$1" "$2" "dev_config=dlmfile/$SCRATCH/$2.img${5:-},dev_size=$4,hw_max_sectors=8192" pgr_support=0
   bench_lun "naa.5001405000000${3}01" "naa.5001405000000${3}02" "$TARGET/core/user_$1/$2"
 }
+
+# bench_runs JOBS REPS RUNTIME LABEL...: every job of JOBS ("rw bs iodepth
+# numjobs,...") on the devices ${dev[LABEL]} in turn, REPS times, every
+# other repeat in reverse order: a row's place in the sequence (what ran
+# just before it) must not favour it. fio JSON to
+# $ART/fio-LABEL-rw-bs-qdN-njN-rR.json (fio_table.py reads them).
+bench_runs() {
+  local jobs w r l rw bs qd nj order reps="$2" rt="$3"
+  IFS=, read -ra jobs <<< "$1"
+  shift 3
+  local labels="$*"
+  for w in "${jobs[@]}"; do
+    read -r rw bs qd nj <<< "$w"
+    for r in $(seq 1 "$reps"); do
+      order=$labels
+      [ $((r % 2)) -eq 1 ] || order=$(echo "$labels" | tr ' ' '\n' | tac | tr '\n' ' ')
+      for l in $order; do
+        fio --name="$l" --filename="${dev[$l]}" --rw="$rw" --bs="$bs" --iodepth="$qd" --numjobs="$nj" \
+          --direct=1 --ioengine=libaio --time_based --runtime="$rt" --ramp_time=1 --group_reporting \
+          --output-format=json --output="$ART/fio-$l-$rw-$bs-qd$qd-nj$nj-r$r.json" >/dev/null
+      done
+    done
+  done
+}

@@ -54,21 +54,7 @@ fi
 wait_for 60 "views resolved" bash -c "[ \$(cat $ART/*.log | grep -c 'serves one I_T nexus') -ge $(( ($(echo $LABELS | wc -w) - 2) * VIEWS )) ]"
 for l in $LABELS; do say "($l) ${dev[$l]}"; done
 
-IFS=, read -ra jobs <<< "$JOBS"
-for w in "${jobs[@]}"; do
-  set -- $w
-  for r in $(seq 1 $REPS); do
-    # Every other repeat in reverse order: a row's place in the sequence
-    # (what ran just before it) must not favour it.
-    order=$LABELS
-    [ $((r % 2)) -eq 1 ] || order=$(echo $LABELS | tr ' ' '\n' | tac | tr '\n' ' ')
-    for l in $order; do
-      fio --name="$l" --filename="${dev[$l]}" --rw="$1" --bs="$2" --iodepth="$3" --numjobs="$4" \
-        --direct=1 --ioengine=libaio --time_based --runtime="$RT" --ramp_time=1 --group_reporting \
-        --output-format=json --output="$ART/fio-$l-$1-$2-qd$3-nj$4-r$r.json" >/dev/null
-    done
-  done
-done
+bench_runs "$JOBS" "$REPS" "$RT" $LABELS
 python3 "$ROOT/tests/vm/bench/fio_table.py" "$ART" | tee "$ART/table.md"
 daemon_stop cur TERM; daemon_stop var TERM
 [ -x "$OLD" ] && daemon_stop old TERM
